@@ -1,0 +1,65 @@
+"""Health, readiness and metrics endpoints for load balancers and Prometheus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from media_pipeline.heartbeat import live_workers
+
+
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Dependencies are /readyz's business."""
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+    return "ok"
+
+
+async def _channel_round_trip() -> float:
+    layer = get_channel_layer()
+    channel = await layer.new_channel("readyz.")
+    nonce = uuid.uuid4().hex
+    started = time.perf_counter()
+    await layer.send(channel, {"type": "readyz.ping", "nonce": nonce})
+    message = await asyncio.wait_for(layer.receive(channel), timeout=2.0)
+    if message.get("nonce") != nonce:
+        raise RuntimeError("channel layer returned a foreign message")
+    return (time.perf_counter() - started) * 1000
+
+
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, object] = {}
+    ok = True
+    try:
+        checks["database"] = _check_database()
+    except Exception as exc:  # noqa: BLE001 - report, don't crash the probe
+        checks["database"], ok = f"error: {type(exc).__name__}", False
+    try:
+        checks["channel_layer"] = f"ok ({async_to_sync(_channel_round_trip)():.1f} ms)"
+    except Exception as exc:  # noqa: BLE001
+        checks["channel_layer"], ok = f"error: {type(exc).__name__}", False
+    workers = live_workers()
+    checks["media_worker"] = {"mode": settings.MEDIA_WORKER_MODE, "live": len(workers)}
+    if not workers:
+        ok = False
+    return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

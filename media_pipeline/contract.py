@@ -1,0 +1,60 @@
+"""The channel-layer contract between the signaling consumer and the media worker.
+
+Signaling owns the WebSocket; the media worker owns the aiortc peer connection. They talk only
+through the channel layer with the messages below, so a worker can live in the server process
+(embedded default) or in any number of ``runworker media`` processes (scaled).
+
+Routing: the first ``media.offer`` of a session goes to the shared ``MEDIA_CHANNEL``; the worker
+that takes it answers with ``media.pinned`` carrying its own channel name, and the consumer sends
+every later message of that session there. If the pinned worker stops answering (no heartbeat),
+the consumer reports ``ERR_WEBRTC_FAILED`` and unpins; the client's fresh ``offer`` lands on a
+live worker.
+
+Consumer → worker (``type`` values; every message has ``session_id`` and ``reply_channel``, the
+consumer's own channel name):
+- ``media.offer``       {sdp, candidates, scenario_id, user_id}
+- ``media.ice``         {candidate, sdp_mid, sdp_mline_index}
+- ``media.ready``       {direction}
+- ``media.asr_start``   {language, format, sample_rate, mode}
+- ``media.asr_stop``    {}
+- ``media.tts_request`` {request_id, text, voice, speed, pitch}
+- ``media.text_reply``  {text, message_id, response_id, utterance_id} — speak a buyer reply produced by a
+                         typed turn; once played, the worker marks that utterance as voice with its played span
+- ``media.hangup``      {reason} — the session ended or the socket dropped; close the peer
+
+Worker → consumer:
+- ``media.pinned``      {worker_channel}
+- ``media.event``       {message: {type, data}} — a protocol message to forward to the client
+                         as-is (answer, ice_candidate, connected, ready, asr_interim, asr_result,
+                         text_response, tts_start, tts_complete, error)
+- ``media.session_end`` {reason} — the pipeline ended the session (max_turns, error)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MEDIA_CHANNEL = "media"
+
+TO_WORKER = (
+    "media.offer",
+    "media.ice",
+    "media.ready",
+    "media.asr_start",
+    "media.asr_stop",
+    "media.tts_request",
+    "media.text_reply",
+    "media.hangup",
+)
+TO_CONSUMER = ("media.pinned", "media.event", "media.session_end")
+
+
+def to_worker(kind: str, *, session_id: str, reply_channel: str, **data: Any) -> dict[str, Any]:
+    if kind not in TO_WORKER:
+        raise ValueError(f"unknown worker message {kind!r}")
+    return {"type": kind, "session_id": session_id, "reply_channel": reply_channel, **data}
+
+
+def event(message_type: str, data: dict[str, Any], *, session_id: str) -> dict[str, Any]:
+    """Wrap a protocol message for the consumer to forward to its client."""
+    return {"type": "media.event", "session_id": session_id, "message": {"type": message_type, "data": data}}

@@ -1,0 +1,93 @@
+"""ASR interface: one finished utterance (float32 mono 16 kHz) in, one :class:`Transcript` out.
+
+``transcribe`` is synchronous and CPU-bound; callers run it in the engine executor. Streaming
+(interim results) is built on top by the pipeline, by re-decoding the growing utterance.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+MIN_AUDIO_S = 0.1  # shorter than this cannot hold a word; decoding it only invites hallucinations
+
+
+class ASRError(RuntimeError):
+    """Recognition failed (maps to the protocol's ERR_ASR_FAILED)."""
+
+
+class UnsupportedLanguage(ValueError):
+    """The engine's model cannot transcribe the requested language."""
+
+
+class Word(NamedTuple):
+    word: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass
+class Transcript:
+    text: str
+    confidence: float
+    language: str
+    duration_s: float
+    words: list[Word] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.text.strip()
+
+
+def whisper_language(language: str) -> str:
+    """Protocol tag ("en-US", "zh-CN", "cmn") -> Whisper code ("en", "zh")."""
+    lang = (language or "en").lower().replace("_", "-").split("-")[0]
+    return {"cmn": "zh", "yue": "zh"}.get(lang, lang)
+
+
+def check_audio(audio: np.ndarray) -> np.ndarray:
+    """Validate and normalise ASR input to a contiguous 1-D float32 array.
+
+    int16 is rescaled; an ``(n, 1)`` or ``(1, n)`` array is flattened; anything else multi-
+    channel, or any NaN/inf, is a caller bug and raises ``ValueError`` with the reason.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim == 2 and 1 in audio.shape:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1:
+        raise ValueError(f"ASR input must be mono 1-D audio, got shape {audio.shape}")
+    if audio.dtype == np.int16:
+        audio = audio.astype(np.float32) / 32768.0
+    elif not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"ASR input must be float32 or int16 samples, got {audio.dtype}")
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if audio.size and not np.isfinite(audio).all():
+        raise ValueError("ASR input contains NaN or infinite samples")
+    return audio
+
+
+class ASREngine(ABC):
+    name: str = "asr"
+
+    @abstractmethod
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str,
+        word_timestamps: bool = False,
+        beam_size: int = 1,
+    ) -> Transcript:
+        """Transcribe one utterance; empty or too-short audio gives an empty transcript."""
+
+    def supports_language(self, language: str) -> bool:
+        return True
+
+    def warm_up(self) -> None:
+        """Load models now rather than on the first call (the first turn should not pay it)."""
+        return None  # engines with nothing to load (remote APIs) keep this

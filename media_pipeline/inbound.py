@@ -1,0 +1,426 @@
+"""The trainee's voice: every inbound track consumed, decoded audio → 16 kHz mono → VAD → ASR.
+
+Stages, each one job: ``_consume`` reads a track (aiortc queues frames without bound if nobody
+reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz; ``_vad_loop`` scores
+~64 ms batches off the loop and turns endpointer events into ASR work; interim decodes run
+every ``INTERIM_INTERVAL_MS`` of speech but only on an idle ASR thread and never two at once for
+a call (finals come first); the final decode starts at ``silence_began`` and is dropped on
+``speech_resumed``, so the transcript is usually ready when endpointing fires.
+
+The listener (the pipeline) gets plain callbacks; sample offsets count from the start of the
+stream (16 kHz) and are turned into ms since ``asr_start`` and session-relative ms here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError
+
+from media_pipeline.audio import Resampler, downmix
+from media_pipeline.engines.asr.base import ASRError
+from media_pipeline.engines.resilience import redact
+from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
+from media_pipeline.executor import EngineBusy
+from media_pipeline.runtime import Engines
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+VAD_BATCH_SAMPLES = 512  # one Silero window: a 32 ms hop; endpointing waits for the batch, so keep it small
+PREROLL_SAMPLES = RATE // 10  # decode from a little before the VAD's start: soft onsets
+TAIL_SAMPLES = RATE // 10
+STALL_SECONDS = 0.8  # no frame for this long mid-utterance: the track stopped, close the turn
+NO_AUDIO_ERROR_SECONDS = 5.0
+
+
+@dataclass
+class FinalResult:
+    result_id: str
+    text: str
+    confidence: float
+    language: str
+    start_ms: int  # since asr_start
+    end_ms: int
+    session_start_ms: int  # session-relative
+    session_end_ms: int
+    interim_count: int
+    last_voiced_at: float  # monotonic arrival of the last voiced frame
+    decided_at: float  # monotonic: endpointing (or asr_stop) closed the turn
+    ready_at: float  # monotonic: the transcript existed
+
+    @property
+    def endpointing_ms(self) -> float:
+        return max(0.0, (self.decided_at - self.last_voiced_at) * 1000)
+
+    @property
+    def asr_final_ms(self) -> float:
+        return max(0.0, (self.ready_at - self.decided_at) * 1000)
+
+
+class InboundListener(Protocol):
+    def on_interim(self, result_id: str, text: str, confidence: float) -> None: ...
+    def on_final(self, result: FinalResult) -> None: ...
+    def on_speech(self, speech_ms: float) -> None: ...
+    def on_error(self, code: str, message: str, details: dict[str, Any]) -> None: ...
+
+
+class InboundAudio:
+    def __init__(
+        self,
+        *,
+        engines: Engines,
+        listener: InboundListener,
+        session_ms: Callable[[float], int],
+        record: Callable[[np.ndarray, int], None] | None = None,
+        end_silence_ms: int = 400,
+        interim_interval_ms: int = 500,
+        vad_threshold: float = 0.5,
+        max_utterance_ms: int = 30000,
+    ) -> None:
+        self.engines = engines
+        self.listener = listener
+        self.session_ms = session_ms  # monotonic time -> session-relative ms
+        self.record = record
+        self.detector = SpeechDetector(
+            engines.vad, EndpointerConfig(threshold=vad_threshold, end_silence_ms=end_silence_ms)
+        )
+        self.interim_samples = interim_interval_ms * RATE // 1000
+        self.max_utterance_samples = max_utterance_ms * RATE // 1000
+        self.language = "en"
+        self.mode = "auto"
+        self.active = False
+        self.asr_start_sample = 0
+        # audio kept for decoding
+        self._chunks: collections.deque[np.ndarray] = collections.deque()
+        self._base = 0  # stream offset of the first kept sample
+        self.total = 0  # samples received
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
+        self._anchor: tuple[int, float] | None = None  # (sample, session ms) for the timeline
+        # VAD
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._vad_wake = asyncio.Event()
+        self._force_end = False
+        # utterance
+        self.utt_start: int | None = None
+        self.result_id = ""
+        self.interim_count = 0
+        self._interims_started = 0
+        self._last_interim_at = 0
+        self._interim_task: asyncio.Task | None = None
+        self._final: tuple[tuple[int, int], asyncio.Task] | None = None
+        self._final_order = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+        self._consumers: list[asyncio.Task] = []
+        self._primary_taken = False
+        self._last_frame_at = time.monotonic()
+        self._audio_error_sent = False
+        self.frames_in = 0
+        self._closed = False
+        self._vad_task = asyncio.get_running_loop().create_task(self._vad_loop(), name="inbound-vad")
+
+    # --- control -------------------------------------------------------------------------------
+    def start_recognition(self, *, language: str, mode: str) -> None:
+        self.language = language or "en"
+        self.mode = mode if mode in ("auto", "manual") else "auto"
+        self.active = True
+        self.asr_start_sample = self.total
+        self._new_utterance(self.total if self.mode == "manual" else None)
+
+    def stop_recognition(self) -> None:
+        """``asr_stop``: in manual mode the held utterance is final now; in auto mode close any open one."""
+        if not self.active:
+            return
+        if self.mode == "manual":
+            start = self.utt_start if self.utt_start is not None else self.asr_start_sample
+            self._close_turn(start, self.total, time.monotonic(), self._last_voiced())
+        elif self.detector.in_speech:
+            self._force_end = True
+            self._vad_wake.set()
+        self.active = False
+
+    def add_track(self, track: Any) -> None:
+        primary = not self._primary_taken
+        self._primary_taken = True
+        self._consumers.append(asyncio.get_running_loop().create_task(self._consume(track, primary)))
+
+    def detach_tracks(self) -> None:
+        """A new offer replaces the peer: stop reading the old tracks, the next one is primary."""
+        for task in self._consumers:
+            task.cancel()
+        self._consumers = []
+        self._primary_taken = False
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in [self._vad_task, *self._consumers, *self._tasks]:
+            task.cancel()
+        for task in [self._vad_task, *self._consumers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- stage 1: decode, downmix, resample ----------------------------------------------------
+    async def _consume(self, track: Any, primary: bool) -> None:
+        resampler: Resampler | None = None
+        while not self._closed:
+            try:
+                frame = await asyncio.wait_for(track.recv(), STALL_SECONDS)
+            except TimeoutError:
+                self._on_stall()
+                continue
+            except MediaStreamError:
+                break
+            if not primary:
+                continue  # still read, so aiortc's queue stays empty; one voice per call
+            now = time.monotonic()
+            self._last_frame_at = now
+            self._audio_error_sent = False
+            pcm = frame.to_ndarray()
+            mono = downmix(pcm, len(frame.layout.channels))
+            if resampler is None or resampler.in_rate != frame.sample_rate:
+                resampler = Resampler(frame.sample_rate, RATE)
+            self._append(resampler.process(mono), now)
+        if primary and not self._closed:
+            self._on_stall()  # the track ended: close a turn left open
+
+    def _on_stall(self) -> None:
+        if self.detector.in_speech:
+            self._force_end = True
+            self._vad_wake.set()
+        if time.monotonic() - self._last_frame_at > NO_AUDIO_ERROR_SECONDS and not self._audio_error_sent:
+            self._audio_error_sent = True
+            self.listener.on_error(
+                "ERR_AUDIO_ENCODE_FAILED",
+                "No decodable audio has arrived for a while; check the microphone and the codec.",
+                {"error_type": "no_inbound_audio", "seconds": NO_AUDIO_ERROR_SECONDS},
+            )
+
+    def _append(self, x: np.ndarray, now: float) -> None:
+        if x.size == 0:
+            return
+        start = self.total
+        self.total += x.size
+        self._chunks.append(x)
+        self._arrivals.append((self.total, now))
+        ms = self.session_ms(now) - x.size * 1000 // RATE
+        if self._anchor is None or abs(self._timeline_ms(start) - ms) > 200:
+            self._anchor = (start, ms)  # first frame, or a gap (track paused): re-anchor
+        if self.record:
+            self.record(x, self._timeline_ms(start))
+        self._pending.append(x)
+        self._pending_n += x.size
+        if self._pending_n >= VAD_BATCH_SAMPLES:
+            self._vad_wake.set()
+        self._trim()
+
+    def _timeline_ms(self, sample: int) -> int:
+        assert self._anchor is not None
+        return int(self._anchor[1] + (sample - self._anchor[0]) * 1000 // RATE)
+
+    def _trim(self) -> None:
+        keep_from = self.total - 2 * RATE
+        if self.utt_start is not None:
+            keep_from = min(keep_from, self.utt_start - PREROLL_SAMPLES)
+        keep_from = max(keep_from, self.total - self.max_utterance_samples - RATE)
+        while self._chunks and self._base + self._chunks[0].size <= keep_from:
+            self._base += self._chunks.popleft().size
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < keep_from:
+            self._arrivals.popleft()
+
+    def audio(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self._base), min(end, self.total)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        data = np.concatenate(list(self._chunks))
+        return data[start - self._base : end - self._base]
+
+    def arrival(self, sample: int) -> float:
+        for end, at in self._arrivals:
+            if end >= sample:
+                return at - (end - sample) / RATE
+        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
+
+    def _last_voiced(self) -> float:
+        return self.arrival(self.total)
+
+    # --- stage 2: VAD and turn events ----------------------------------------------------------
+    async def _vad_loop(self) -> None:
+        while not self._closed:
+            await self._vad_wake.wait()
+            self._vad_wake.clear()
+            if self._pending_n:
+                batch = np.concatenate(self._pending)
+                self._pending, self._pending_n = [], 0
+                try:
+                    events = await self.engines.vad_pool.run(self.detector.feed, batch)
+                except EngineBusy:
+                    log.warning("VAD executor full; a batch was dropped")
+                    continue
+                except Exception:  # noqa: BLE001 - a bad batch must not kill the call's ears
+                    log.exception("VAD failed on a batch")
+                    continue
+                for event in events:
+                    self._on_event(event)
+            if self._force_end:
+                self._force_end = False
+                for event in self.detector.finish():
+                    self._on_event(event)
+            self._after_batch()
+
+    def _position(self) -> int:
+        return self.detector.endpointer.window_index * self.detector.endpointer.window_samples
+
+    def _new_utterance(self, start: int | None) -> None:
+        self.utt_start = start
+        self.result_id = f"asr_{uuid.uuid4().hex[:12]}"
+        self.interim_count = 0
+        self._interims_started = 0
+        self._last_interim_at = start or 0
+
+    def _on_event(self, event: VADEvent) -> None:
+        manual = self.active and self.mode == "manual"
+        if event.kind == "speech_start":
+            if not manual:
+                self._new_utterance(event.start_sample)
+            elif self.utt_start is None:
+                self.utt_start = max(self.asr_start_sample, event.start_sample)
+            return
+        if manual or not self.active:
+            if event.kind in ("speech_end", "speech_discarded") and not self.active:
+                self.utt_start = None
+            return
+        if event.kind == "silence_began":
+            key = (event.start_sample, event.sample)
+            task = self._spawn(self._decode(event.start_sample, event.sample))
+            self._final = (key, task)
+            task.add_done_callback(lambda done, key=key, rid=self.result_id: self._early_interim(done, key, rid))
+        elif event.kind == "speech_resumed":
+            self._final = None  # the pause was a breath: that decode is stale
+        elif event.kind == "speech_end":
+            assert event.end_sample is not None
+            decided = time.monotonic()
+            self._close_turn(event.start_sample, event.end_sample, decided, self.arrival(event.end_sample))
+            self.utt_start = None
+        elif event.kind == "speech_discarded":
+            self._final = None
+            self.utt_start = None
+
+    def _early_interim(self, task: asyncio.Task, key: tuple[int, int], result_id: str) -> None:
+        """The speculative final is ready while endpointing still waits: show it as an interim.
+
+        Free (the decode is done anyway), and on a loaded machine it is often the only partial
+        result a short turn gets, since regular interims yield to finals.
+        """
+        if task.cancelled() or task.exception() is not None:
+            return
+        pending = self._final
+        if pending is None or pending[0] != key or result_id != self.result_id:
+            return
+        transcript, _ = task.result()
+        if not transcript.is_empty:
+            self.interim_count += 1
+            self.listener.on_interim(result_id, transcript.text, transcript.confidence)
+
+    def _after_batch(self) -> None:
+        if self.detector.in_speech and self.utt_start is not None:
+            self.listener.on_speech((self._position() - self.utt_start) * 1000 / RATE)
+        if not self.active or self.utt_start is None:
+            return
+        pos = self._position()
+        if self.mode == "auto" and not self.detector.in_speech:
+            return
+        if pos - self.utt_start >= self.max_utterance_samples:
+            # A monologue longer than the limit: close it here rather than grow without bound.
+            self._close_turn(self.utt_start, pos, time.monotonic(), self._last_voiced())
+            self._new_utterance(pos if self.mode == "manual" else None)
+            if self.mode == "auto":
+                self.detector.endpointer.reset()
+            return
+        if pos - self._last_interim_at < self.interim_samples:
+            return
+        if self._interim_task is not None and not self._interim_task.done():
+            return  # never two interims at once for a call
+        if self._final is not None:
+            return  # a pause has begun: the speculative final decode is the next partial result
+        if self._interims_started and not self.engines.asr_idle():
+            return  # finals first: after the first, interims only use idle ASR threads
+        self._interims_started += 1
+        self._last_interim_at = pos
+        self._interim_task = self._spawn(self._interim(self.result_id, self.utt_start, pos))
+
+    # --- stage 3: ASR --------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _decode(self, start: int, end: int) -> tuple[Any, float]:
+        audio = self.audio(start - PREROLL_SAMPLES, min(self.total, end + TAIL_SAMPLES))
+        transcript = await self.engines.asr_pool.run(self.engines.asr.transcribe, audio, language=self.language)
+        return transcript, time.monotonic()
+
+    async def _interim(self, result_id: str, start: int, end: int) -> None:
+        try:
+            transcript, _ = await self._decode(start, end)
+        except Exception:  # noqa: BLE001 - an interim is best effort
+            return
+        if result_id == self.result_id and self.utt_start is not None and not transcript.is_empty:
+            self.interim_count += 1
+            self.listener.on_interim(result_id, transcript.text, transcript.confidence)
+
+    def _close_turn(self, start: int, end: int, decided_at: float, last_voiced_at: float) -> None:
+        """Turn over: reuse the decode started at silence_began if it covers the same span."""
+        pending, self._final = self._final, None
+        task = pending[1] if pending and pending[0] == (start, end) else self._spawn(self._decode(start, end))
+        self._spawn(self._finalize(task, start, end, decided_at, last_voiced_at, self.result_id, self.interim_count))
+
+    async def _finalize(
+        self, task: asyncio.Task, start: int, end: int, decided_at: float, last_voiced_at: float,
+        result_id: str, interims: int,
+    ) -> None:
+        async with self._final_order:  # results leave in the order the turns ended
+            try:
+                transcript, ready_at = await task
+            except Exception as exc:  # noqa: BLE001 - reported to the client as ERR_ASR_FAILED
+                # The turn is lost as voice, not the call: recognition goes on listening for the
+                # next turn and the trainee can type this one (e.g. a zh-CN call whose cloud ASR
+                # died, with only the English tiny.en model behind it).
+                if isinstance(exc, ASRError):
+                    log.warning("final ASR decode failed: %s", redact(str(exc)))
+                else:
+                    log.exception("final ASR decode failed")
+                self.listener.on_error(
+                    "ERR_ASR_FAILED", "Speech recognition failed for this turn; please say it again or type it.",
+                    {"reason": redact(str(exc)), "engine": getattr(self.engines.asr, "name", ""),
+                     "result_id": result_id, "language": self.language},
+                )
+                return
+            first = self._timeline_ms(start) if self._anchor else 0
+            last = self._timeline_ms(end) if self._anchor else 0
+            self.listener.on_final(
+                FinalResult(
+                    result_id=result_id,
+                    text=transcript.text.strip(),
+                    confidence=float(transcript.confidence),
+                    language=transcript.language or self.language,
+                    start_ms=max(0, (start - self.asr_start_sample) * 1000 // RATE),
+                    end_ms=max(0, (end - self.asr_start_sample) * 1000 // RATE),
+                    session_start_ms=max(0, first),
+                    session_end_ms=max(0, last),
+                    interim_count=interims,
+                    last_voiced_at=last_voiced_at,
+                    decided_at=decided_at,
+                    ready_at=max(ready_at, decided_at),
+                )
+            )

@@ -1,0 +1,268 @@
+"""The buyer's voice: an aiortc audio track that paces 20 ms frames against a monotonic clock.
+
+aiortc's sender calls ``recv()`` in a loop and sends whatever it returns at once, so the track
+itself is the clock. Frames are due at ``start + n * 20 ms`` (monotonic); silence goes out when
+no reply audio is queued so the track never starves (a starving track makes the client's jitter
+buffer stall). If the event loop stalls for longer than ``REPACE_AFTER_S`` the schedule is
+re-anchored instead of bursting the backlog out. A flush (barge-in) drops the queued audio
+between two frames: the RTP timestamps keep counting up, so the client hears silence from the
+next frame on, within 20 ms plus its jitter buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+
+from media_pipeline import metrics
+from media_pipeline.audio import Resampler, float32_to_pcm16
+
+FRAME_MS = 20
+REPACE_AFTER_S = 0.1
+
+# Process-wide outbound pacing record (all calls), read by the worker's stats and the benches.
+SEND_INTERVALS: collections.deque[float] = collections.deque(maxlen=200_000)
+UNDERRUNS = 0
+
+
+@dataclass
+class Segment:
+    """A piece of reply audio (one sentence) with its text, to know what was actually played."""
+
+    text: str
+    total: int
+    played: int = 0
+
+
+@dataclass
+class PlayResult:
+    reply_id: str
+    played_samples: int
+    sample_rate: int
+    interrupted: bool
+    spoken_text: str
+    first_frame_at: float | None  # monotonic time the first reply frame left the track
+
+    @property
+    def duration_ms(self) -> int:
+        return int(round(self.played_samples * 1000 / self.sample_rate))
+
+
+@dataclass
+class _Reply:
+    reply_id: str
+    done: asyncio.Future
+    segments: collections.deque = field(default_factory=collections.deque)  # not yet fully played
+    finished: list[Segment] = field(default_factory=list)
+    buffer: collections.deque = field(default_factory=collections.deque)  # int16 arrays
+    buffered: int = 0
+    played: int = 0
+    closed: bool = False  # the producer has pushed everything
+    first_frame_at: float | None = None
+
+
+class OutboundAudioTrack(MediaStreamTrack):
+    """Mono int16 frames at the negotiated codec rate (8 kHz PCMA, 48 kHz Opus)."""
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        sample_rate: int,
+        *,
+        record: Callable[[np.ndarray, float], None] | None = None,
+        keep_intervals: int = 3000,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * FRAME_MS // 1000
+        self._time_base = fractions.Fraction(1, sample_rate)
+        self._silence = np.zeros(self.frame_samples, dtype=np.int16)
+        self._start: float | None = None
+        self._sent = 0  # frames since the last anchor
+        self._pts = 0
+        self._reply: _Reply | None = None
+        self._record = record
+        self._to_16k = Resampler(sample_rate, 16000)
+        self.underruns = 0
+        self.frames_sent = 0
+        self.last_send_at: float | None = None
+        self.intervals: collections.deque[float] = collections.deque(maxlen=keep_intervals)
+        self.on_first_frame: Callable[[str, float], None] | None = None
+
+    def configure(self, sample_rate: int) -> None:
+        """Set the codec's rate once negotiation has picked it (before the first ``recv``)."""
+        if sample_rate == self.sample_rate:
+            return
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * FRAME_MS // 1000
+        self._time_base = fractions.Fraction(1, sample_rate)
+        self._silence = np.zeros(self.frame_samples, dtype=np.int16)
+        self._to_16k = Resampler(sample_rate, 16000)
+
+    # --- producer side --------------------------------------------------------------------------
+    @property
+    def playing(self) -> str | None:
+        return self._reply.reply_id if self._reply else None
+
+    def begin(self, reply_id: str) -> asyncio.Future:
+        """Start a reply; the returned future resolves to a :class:`PlayResult` when it ends."""
+        if self._reply is not None:
+            self.flush()
+        done = asyncio.get_running_loop().create_future()
+        self._reply = _Reply(reply_id=reply_id, done=done)
+        return done
+
+    def push(self, samples: np.ndarray, text: str = "") -> None:
+        """Queue int16 (or float) mono audio at ``sample_rate`` for the current reply."""
+        reply = self._reply
+        if reply is None or reply.closed:
+            return
+        pcm = samples if samples.dtype == np.int16 else float32_to_pcm16(samples)
+        if pcm.size == 0:
+            return
+        reply.buffer.append(pcm)
+        reply.buffered += pcm.size
+        reply.segments.append(Segment(text=text, total=int(pcm.size)))
+
+    def close_reply(self) -> None:
+        """No more audio for this reply: it completes once the queue has played out."""
+        reply = self._reply
+        if reply is None:
+            return
+        reply.closed = True
+        if reply.buffered == 0:
+            self._complete(interrupted=False)
+
+    def flush(self) -> PlayResult | None:
+        """Barge-in: drop everything not yet sent, now. Returns what had been played."""
+        if self._reply is None:
+            return None
+        return self._complete(interrupted=True)
+
+    def _complete(self, *, interrupted: bool) -> PlayResult:
+        reply = self._reply
+        assert reply is not None
+        self._reply = None
+        spoken = [s.text for s in reply.finished if s.text]
+        if interrupted and reply.segments:
+            current = reply.segments[0]
+            if current.played and current.text:
+                words = current.text.split()
+                keep = int(len(words) * current.played / max(1, current.total))
+                if keep:
+                    spoken.append(" ".join(words[:keep]))
+        result = PlayResult(
+            reply_id=reply.reply_id,
+            played_samples=reply.played,
+            sample_rate=self.sample_rate,
+            interrupted=interrupted,
+            spoken_text=" ".join(spoken).strip(),
+            first_frame_at=reply.first_frame_at,
+        )
+        if not reply.done.done():
+            reply.done.set_result(result)
+        return result
+
+    # --- consumer side (aiortc's sender) ----------------------------------------------------------
+    def _next_samples(self) -> tuple[np.ndarray, bool]:
+        reply = self._reply
+        if reply is None:
+            return self._silence, False
+        if reply.buffered == 0:
+            if not reply.closed and reply.played:
+                # Audio had started and the next sentence is late: the listener hears a gap.
+                global UNDERRUNS
+                UNDERRUNS += 1
+                self.underruns += 1
+                metrics.OUTBOUND_UNDERRUNS_TOTAL.inc()
+            return self._silence, False
+        need = self.frame_samples
+        parts: list[np.ndarray] = []
+        while need and reply.buffer:
+            head = reply.buffer[0]
+            take = head[:need]
+            parts.append(take)
+            need -= take.size
+            if take.size == head.size:
+                reply.buffer.popleft()
+            else:
+                reply.buffer[0] = head[take.size:]
+        got = self.frame_samples - need
+        reply.buffered -= got
+        reply.played += got
+        self._advance_segments(reply, got)
+        if need:
+            parts.append(np.zeros(need, dtype=np.int16))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0], True
+
+    @staticmethod
+    def _advance_segments(reply: _Reply, count: int) -> None:
+        while count and reply.segments:
+            seg = reply.segments[0]
+            step = min(count, seg.total - seg.played)
+            seg.played += step
+            count -= step
+            if seg.played >= seg.total:
+                reply.finished.append(reply.segments.popleft())
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start, self._sent = now, 0
+        else:
+            self._sent += 1
+            due = self._start + self._sent * FRAME_MS / 1000
+            if now - due > REPACE_AFTER_S:
+                # The loop stalled: start a new schedule rather than burst the backlog out.
+                self._start, self._sent = now, 0
+            elif due > now:
+                await asyncio.sleep(due - now)
+        samples, voiced = self._next_samples()
+        sent_at = time.monotonic()
+        if self.last_send_at is not None:
+            self.intervals.append(sent_at - self.last_send_at)
+            SEND_INTERVALS.append(sent_at - self.last_send_at)
+        self.last_send_at = sent_at
+        reply = self._reply
+        if voiced and reply is not None:
+            if reply.first_frame_at is None:
+                reply.first_frame_at = sent_at
+                if self.on_first_frame:
+                    self.on_first_frame(reply.reply_id, sent_at)
+            if self._record:
+                self._record(self._to_16k.process(samples), sent_at)
+            if reply.closed and reply.buffered == 0:
+                self._complete(interrupted=False)
+        frame = AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
+        frame.planes[0].update(samples.tobytes())
+        frame.pts = self._pts
+        frame.sample_rate = self.sample_rate
+        frame.time_base = self._time_base
+        self._pts += self.frame_samples
+        self.frames_sent += 1
+        return frame
+
+
+def pacing_stats() -> dict[str, float]:
+    """Outbound frame-interval jitter (|interval - 20 ms|) percentiles in ms, and underruns, this process."""
+    values = np.abs(np.asarray(SEND_INTERVALS, dtype=np.float64) - FRAME_MS / 1000) * 1000
+    if values.size == 0:
+        return {"frames": 0, "underruns": UNDERRUNS}
+    return {
+        "frames": int(values.size),
+        "jitter_p50_ms": float(np.percentile(values, 50)),
+        "jitter_p99_ms": float(np.percentile(values, 99)),
+        "jitter_max_ms": float(values.max()),
+        "underruns": UNDERRUNS,
+    }

@@ -1,0 +1,143 @@
+"""The engines and executors one media-worker process shares between all its calls.
+
+One offline ASR model, one VAD model, one eSpeak library per process; every blocking call goes
+through a :class:`BoundedExecutor` so no engine ever runs on the event loop. ASR gets
+``ENGINE_WORKERS`` threads (CTranslate2 releases the GIL); VAD and TTS get one thread each (Silero
+is ~4 ms per second of audio; eSpeak is serialised by its own lock anyway).
+
+Each call then gets its own :class:`Engines` view (:func:`engines_for_call`): the same executors
+and VAD, with the ASR and TTS its scenario selects (scenario override > settings > offline
+default, via :func:`media_pipeline.engines.select.engines_for_scenario`). A cloud engine comes
+wrapped with the process's offline engine behind it, so a cloud outage costs a call its cloud
+voice, not the call; the wrapper's failure reports become protocol ``error`` messages through
+the call's ``on_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
+from media_pipeline.engines.resilience import EngineFailure, FailureListener
+from media_pipeline.engines.select import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
+from media_pipeline.executor import BoundedExecutor
+
+# (code, message, details) -> None, called on the event loop: the pipeline's ``on_error``.
+ErrorSink = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class Engines:
+    asr: Any
+    tts: Any
+    vad: Any
+    asr_pool: BoundedExecutor
+    vad_pool: BoundedExecutor
+    tts_pool: BoundedExecutor
+
+    def asr_idle(self) -> bool:
+        """True when an interim decode would not delay anything (a free ASR thread, no queue)."""
+        return self.asr_pool.queued == 0 and self.asr_pool.running < self.asr_pool.max_workers
+
+
+_engines: Engines | None = None
+_lock = threading.Lock()
+
+
+def asr_options() -> dict[str, Any]:
+    """Options of the process's offline (faster-whisper) model: it serves offline calls and backs cloud ones."""
+    return {
+        "model_path": settings.ASR_MODEL_PATH or None,
+        "cpu_threads": settings.ASR_CPU_THREADS,
+        # One CTranslate2 replica per executor thread: with one, concurrent decodes queue on it
+        # (and on any other user of the same model object, such as an in-process after-call job).
+        "num_workers": settings.ENGINE_WORKERS,
+        "window_s": float(getattr(settings, "ASR_WINDOW_SECONDS", 10.0)),
+    }
+
+
+def get_engines() -> Engines:
+    """The process-wide offline engines and executors, created (the ASR model loaded) on first use."""
+    global _engines
+    with _lock:
+        if _engines is None:
+            timeout = settings.ENGINE_TIMEOUT_SECONDS
+            _engines = Engines(
+                asr=get_asr_engine(OFFLINE_ASR, **asr_options()),
+                tts=get_tts_engine(OFFLINE_TTS),
+                vad=get_vad_model(),
+                asr_pool=BoundedExecutor(
+                    "asr", max_workers=settings.ENGINE_WORKERS, max_queue=settings.ENGINE_QUEUE_DEPTH,
+                    block=True, timeout=timeout,
+                ),
+                vad_pool=BoundedExecutor("vad", max_workers=1, max_queue=256, block=True, timeout=timeout),
+                tts_pool=BoundedExecutor("tts", max_workers=1, max_queue=64, block=True, timeout=timeout),
+            )
+        return _engines
+
+
+def failure_listener(on_error: ErrorSink, loop: asyncio.AbstractEventLoop | None = None) -> FailureListener:
+    """Turn the engine wrappers' failure reports into ``on_error(code, message, details)`` on ``loop``.
+
+    Reports come from the executor threads the engines run in, so they hop onto the call's loop.
+    Brain failures carry no protocol code (the scripted buyer just carries on) and are not sent.
+    """
+    loop = loop or asyncio.get_running_loop()
+
+    def report(event: EngineFailure) -> None:
+        if event.code is None:
+            return
+        details = {**event.details(), "kind": event.kind}
+        if event.fallback is None:
+            text = f"{event.message}. No offline engine can take over; you can type your reply."
+        else:
+            text = f"{event.message}. Continuing with the offline engine ({event.fallback})."
+        try:
+            loop.call_soon_threadsafe(on_error, event.code, text, details)
+        except RuntimeError:  # the loop is closed: the call is over, nobody to tell
+            pass
+
+    return report
+
+
+def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engines | None = None) -> Engines:
+    """One call's engines: the scenario's ASR/TTS over the process's executors, VAD and offline models.
+
+    ``base`` (default: the process's engines) supplies everything shared; an offline selection
+    returns ``base``'s own engines, so an offline call costs nothing extra.
+    """
+    base = base or get_engines()
+    on_failure = failure_listener(on_error) if on_error is not None else None
+    selected = engines_for_scenario(scenario, on_failure=on_failure, offline_asr_engine=base.asr,
+                                    offline_tts_engine=base.tts)
+    return dataclasses.replace(base, asr=selected.asr, tts=selected.tts)
+
+
+@database_sync_to_async
+def _scenario_of(session_id: str) -> Any:
+    from roleplay.models import RealtimeSession
+
+    return RealtimeSession.objects.select_related("scenario").get(pk=session_id).scenario
+
+
+async def engines_for_call(session_id: str, *, on_error: ErrorSink | None = None,
+                           base: Engines | None = None) -> Engines:
+    """:func:`call_engines` for a session's scenario (read from the database)."""
+    scenario = await _scenario_of(session_id)
+    return call_engines(scenario, on_error=on_error, base=base)
+
+
+def warm_up() -> None:
+    """Load the models now so the first call's first turn does not pay for it (blocking)."""
+    engines = get_engines()
+    engines.asr.warm_up()
+    list(engines.tts.synthesize("Hello.", language="en"))
+    engines.vad.create_stream()

@@ -1,0 +1,227 @@
+"""The media worker: owns the aiortc peer connections of this process, reached only through the channel layer.
+
+Routing (see ``media_pipeline.contract``): the first ``media.offer`` of a session arrives on the
+shared ``media`` channel; the worker that takes it creates the call, answers ``media.pinned`` with
+its own channel, and every later message of that session comes to that channel. One
+:class:`MediaWorker` per process holds the registry of its calls (``session_id`` → CallSession).
+
+Liveness: a daemon thread publishes the heartbeat (worker id, pinned channel, call count) every
+``HEARTBEAT_SECONDS`` through the cache. It starts with the process, before any message arrives,
+because the signaling consumer refuses offers while no worker is alive; once the event loop side
+runs, a beat is only published while the loop keeps ticking, so a wedged loop stops looking alive.
+
+Two ways to run it, one code path: embedded (``media_pipeline.embedded`` starts the loops inside
+the server process) and ``python manage.py runworker media`` (Channels' worker creates
+:class:`MediaWorkerConsumer` for the shared channel; its first message starts the pinned loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+from channels.layers import get_channel_layer
+from django.core.cache import cache
+
+from media_pipeline import heartbeat, metrics
+from media_pipeline.contract import MEDIA_CHANNEL, event
+from media_pipeline.outbound import pacing_stats
+from media_pipeline.pipeline import CallSession
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = heartbeat.HEARTBEAT_SECONDS
+
+
+def stats_key(worker_id: str) -> str:
+    """Cache key of a worker's pacing stats (outbound jitter, underruns), for benches and operators."""
+    return f"lingecho:media-worker-stats:{worker_id}"
+
+
+def _new_channel_name(layer: Any) -> str:
+    """``layer.new_channel()`` from sync code, loop or no loop.
+
+    Both layers' ``new_channel`` only format a name (no I/O), so the coroutine finishes on its first
+    step; the worker needs its name before any loop runs (the heartbeat starts at process boot).
+    """
+    # The default prefix on purpose: channels-redis pops every "!" channel of a process from one
+    # Redis list per prefix under one lock, so a second prefix would wait out the other's 5 s pop.
+    coro = layer.new_channel()
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the channel layer's new_channel() awaited something; cannot name the worker channel")
+
+
+class MediaWorker:
+    def __init__(self, layer: Any, *, worker_id: str | None = None, channel: str | None = None) -> None:
+        self.layer = layer
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.channel = channel or _new_channel_name(layer)
+        self.sessions: dict[str, CallSession] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.last_tick: float | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        if self._beat_thread is not None:
+            return
+        self.publish()  # at once: an offer may arrive in the next millisecond
+        self._beat_thread = threading.Thread(target=self._beat, name="media-heartbeat", daemon=True)
+        self._beat_thread.start()
+        atexit.register(self.stop_heartbeat)
+
+    def publish(self) -> None:
+        try:
+            heartbeat.publish_heartbeat(worker_id=self.worker_id, channel_name=self.channel, calls=len(self.sessions))
+            cache.set(stats_key(self.worker_id), {**pacing_stats(), "calls": len(self.sessions)}, timeout=60)
+        except Exception:  # noqa: BLE001 - a cache outage must not kill the thread; readiness shows it
+            log.warning("heartbeat not published", exc_info=True)
+
+    def _beat(self) -> None:
+        while not self._beat_stop.wait(HEARTBEAT_SECONDS):
+            stale = self.last_tick is not None and time.monotonic() - self.last_tick > 3 * HEARTBEAT_SECONDS
+            if not stale:
+                self.publish()
+
+    def stop_heartbeat(self) -> None:
+        self._beat_stop.set()
+        with contextlib.suppress(Exception):
+            heartbeat.withdraw_heartbeat(worker_id=self.worker_id)
+
+    async def ensure_started(self, *, serve_shared: bool = False) -> None:
+        """Start the pinned-channel loop (and, embedded, the shared-channel loop) on this event loop."""
+        if self.loop is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        self.last_tick = time.monotonic()
+        self._tasks.append(self.loop.create_task(self._serve(self.channel), name="media-pinned"))
+        if serve_shared:
+            self._tasks.append(self.loop.create_task(self._serve(MEDIA_CHANNEL), name="media-shared"))
+        self._tasks.append(self.loop.create_task(self._tick(), name="media-tick"))
+        self.start_heartbeat()
+
+    async def _tick(self) -> None:
+        while True:
+            self.last_tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    async def _serve(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis hiccup: back off and keep serving
+                log.exception("media worker receive failed", extra={"channel": channel})
+                await asyncio.sleep(0.5)
+                continue
+            await self.dispatch(message)
+
+    async def stop(self) -> None:
+        for call in list(self.sessions.values()):
+            await call.close("error")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self.loop = None
+        self.stop_heartbeat()
+
+    # --- messages ---------------------------------------------------------------------------------
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type", "")
+        session_id = message.get("session_id")
+        if not session_id or not kind.startswith("media."):
+            return
+        call = self.sessions.get(session_id)
+        if call is None:
+            if kind == "media.hangup":
+                return
+            if kind != "media.offer":
+                # Pinned here but the call is gone (worker restarted with the same channel, or closed).
+                reply = message.get("reply_channel")
+                if reply:
+                    with contextlib.suppress(Exception):
+                        await self.layer.send(reply, event("error", {
+                            "code": "ERR_WEBRTC_FAILED",
+                            "message": "No media connection for this session; send an offer.",
+                            "details": {"error_type": "unknown_session"},
+                        }, session_id=session_id))
+                return
+            call = CallSession(
+                session_id=session_id, layer=self.layer, worker_channel=self.channel,
+                reply_channel=message.get("reply_channel", ""),
+            )
+            call.on_closed = self._forget
+            self.sessions[session_id] = call
+            metrics.ACTIVE_CALLS.inc()
+        call.submit(message)
+
+    def _forget(self, call: CallSession) -> None:
+        if self.sessions.get(call.session_id) is call:
+            del self.sessions[call.session_id]
+            metrics.ACTIVE_CALLS.dec()
+
+
+# --------------------------------------------------------------------------------------------
+# the process's worker
+# --------------------------------------------------------------------------------------------
+
+_worker: MediaWorker | None = None
+_worker_lock = threading.Lock()
+
+
+def process_worker() -> MediaWorker:
+    """This process's worker (created on first use, with the default channel layer)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = MediaWorker(get_channel_layer())
+        return _worker
+
+
+def warm_up_in_background() -> None:
+    """Load ASR/VAD/TTS in a thread so the first call's first turn does not pay for it."""
+    from media_pipeline.runtime import warm_up
+
+    def run() -> None:
+        try:
+            warm_up()
+        except Exception:  # noqa: BLE001 - the first call will load (and report) it instead
+            log.exception("engine warm-up failed")
+
+    threading.Thread(target=run, name="media-warm-up", daemon=True).start()
+
+
+def boot_runworker_process() -> None:
+    """Called when ``runworker media`` imports the routes: beat before the first message arrives."""
+    worker = process_worker()
+    worker.start_heartbeat()
+    warm_up_in_background()
+    log.info("media worker up", extra={"worker_id": worker.worker_id, "channel": worker.channel})
+
+
+class MediaWorkerConsumer(AsyncConsumer):
+    """Channels' entry for the shared ``media`` channel under ``runworker media``."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        worker = process_worker()
+        await worker.ensure_started()
+        await worker.dispatch(message)

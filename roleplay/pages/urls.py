@@ -1,0 +1,17 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from roleplay.pages import views
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(template_name="roleplay/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", views.scenario_list, name="home"),
+    path("practice/result/<str:session_id>/", views.result, name="result"),
+    path("practice/<int:scenario_id>/", views.practice, name="practice"),
+    path("history/", views.history, name="history"),
+    path("review/", views.review_list, name="review_list"),
+    path("review/leaderboard/", views.leaderboard, name="leaderboard"),
+    path("review/<str:session_id>/", views.review_detail, name="review_detail"),
+    path("review/<str:session_id>/recording/", views.recording, name="recording"),
+]

@@ -1,0 +1,274 @@
+"""Writes. Every change to sessions, utterances, reviews goes through a function here.
+
+Transports (the LingEcho consumer, the Socket.IO consumer, the REST API, the media worker) call
+these and never touch the ORM for writes themselves, so a WebRTC call, a chunked call and a typed
+call leave exactly the same record behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from roleplay.errors import LiveSessionLimit, PermissionDenied, SessionEnded, SessionNotFound, SessionNotResumable
+from roleplay.models import RealtimeSession, ReviewComment, Scenario, SessionAnalytics, User, Utterance
+
+logger = logging.getLogger(__name__)
+
+LIVE_STATES = (RealtimeSession.State.LIVE, RealtimeSession.State.DROPPED)
+
+
+def _expire_stale_sessions(*, trainee: User) -> None:
+    """A dropped session past its resume window is over: end it so it stops counting as live."""
+    cutoff = timezone.now() - timedelta(seconds=settings.SESSION_RESUME_SECONDS)
+    stale = RealtimeSession.objects.filter(
+        trainee=trainee, state=RealtimeSession.State.DROPPED, last_seen_at__lt=cutoff
+    )
+    for session in stale:
+        session_end(session=session, reason=RealtimeSession.EndReason.TIMEOUT)
+
+
+@transaction.atomic
+def session_create(*, trainee: User, scenario: Scenario, transport: str, seed: int | None = None) -> RealtimeSession:
+    _expire_stale_sessions(trainee=trainee)
+    live = RealtimeSession.objects.select_for_update().filter(trainee=trainee, state__in=LIVE_STATES).count()
+    if live >= settings.MAX_LIVE_SESSIONS_PER_USER:
+        raise LiveSessionLimit(
+            "Too many live sessions; end one before starting another.",
+            limit=settings.MAX_LIVE_SESSIONS_PER_USER,
+        )
+    return RealtimeSession.objects.create(
+        trainee=trainee,
+        scenario=scenario,
+        transport=transport,
+        seed=seed if seed is not None else random.SystemRandom().randrange(1, 2**31),
+    )
+
+
+@transaction.atomic
+def session_resume(*, user: User, session_id: str) -> RealtimeSession:
+    """Re-attach to a live or recently dropped session of one's own."""
+    try:
+        session = RealtimeSession.objects.select_for_update().get(pk=session_id)
+    except RealtimeSession.DoesNotExist:
+        raise SessionNotFound("No such session.", session_id=session_id) from None
+    if session.trainee_id != user.pk:
+        # Same answer as a missing session: never confirm that someone else's id exists.
+        raise SessionNotFound("No such session.", session_id=session_id)
+    if session.state == RealtimeSession.State.ENDED:
+        raise SessionNotResumable("This session has ended.", session_id=session_id, reason=session.end_reason)
+    window = timedelta(seconds=settings.SESSION_RESUME_SECONDS)
+    if session.state == RealtimeSession.State.DROPPED and timezone.now() - session.last_seen_at > window:
+        session_end(session=session, reason=RealtimeSession.EndReason.TIMEOUT)
+        raise SessionNotResumable("The resume window has passed.", session_id=session_id)
+    session.state = RealtimeSession.State.LIVE
+    session.last_seen_at = timezone.now()
+    session.save(update_fields=["state", "last_seen_at"])
+    return session
+
+
+def session_mark_dropped(*, session_id: str) -> None:
+    """The socket went away without a disconnect message: keep the session resumable for a while."""
+    RealtimeSession.objects.filter(pk=session_id, state=RealtimeSession.State.LIVE).update(
+        state=RealtimeSession.State.DROPPED, last_seen_at=timezone.now()
+    )
+
+
+def session_touch(*, session_id: str) -> None:
+    RealtimeSession.objects.filter(pk=session_id).update(last_seen_at=timezone.now())
+
+
+def session_set_transport(*, session_id: str, transport: str, audio_metadata: dict | None = None) -> None:
+    fields: dict = {"transport": transport}
+    if audio_metadata is not None:
+        fields["audio_metadata"] = audio_metadata
+    RealtimeSession.objects.filter(pk=session_id).update(**fields)
+
+
+def session_end(*, session: RealtimeSession, reason: str) -> RealtimeSession:
+    """End once; later calls are no-ops. After-call processing is dispatched after commit.
+
+    ``reason`` is a transport's own word for why the call ended; one that is not an EndReason is
+    stored as ``error`` rather than a guess at the trainee's intent.
+    """
+    if reason not in RealtimeSession.EndReason.values:
+        reason = RealtimeSession.EndReason.ERROR
+    with transaction.atomic():
+        locked = RealtimeSession.objects.select_for_update().get(pk=session.pk)
+        if locked.state == RealtimeSession.State.ENDED:
+            return locked
+        locked.state = RealtimeSession.State.ENDED
+        locked.end_reason = reason
+        locked.ended_at = timezone.now()
+        locked.save(update_fields=["state", "end_reason", "ended_at"])
+        transaction.on_commit(lambda: _dispatch_post_session(locked.pk))
+    logger.info("session ended", extra={"session_id": locked.pk, "reason": reason})
+    return locked
+
+
+def _dispatch_post_session(session_id: str) -> None:
+    """After-call work (archive, analytics). Imported lazily: the tasks module pulls in Celery."""
+    try:
+        from roleplay.tasks import process_session
+    except ImportError:  # the tasks module is optional until the Celery jobs exist
+        return
+    try:
+        process_session.delay(session_id)
+    except Exception:  # noqa: BLE001 - a broker outage must not fail the call's end; the sweeper retries
+        logger.exception("could not dispatch after-call processing", extra={"session_id": session_id})
+
+
+def session_elapsed_ms(*, session: RealtimeSession) -> int:
+    return int((timezone.now() - session.started_at).total_seconds() * 1000)
+
+
+def utterance_append(
+    *,
+    session: RealtimeSession,
+    speaker: str,
+    text: str,
+    source: str = Utterance.Source.VOICE,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    confidence: float | None = None,
+    language: str = "",
+    interim_count: int = 0,
+    interrupted: bool = False,
+    latency: dict[str, float | None] | None = None,
+) -> Utterance:
+    """Persist one turn as it happens; trainee turns advance the session's turn count.
+
+    ``seq`` is assigned under a row lock on the session so two transports writing at once (a
+    typed turn while a voice turn finalises) never collide.
+    """
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                locked = RealtimeSession.objects.select_for_update().get(pk=session.pk)
+                if locked.state == RealtimeSession.State.ENDED and speaker == Utterance.Speaker.TRAINEE:
+                    raise SessionEnded("The session has ended.", session_id=session.pk)
+                seq = (locked.utterances.aggregate(m=Max("seq"))["m"] or 0) + 1
+                now_ms = session_elapsed_ms(session=locked)
+                utterance = Utterance.objects.create(
+                    session=locked,
+                    seq=seq,
+                    speaker=speaker,
+                    source=source,
+                    text=text,
+                    language=language or locked.scenario.language,
+                    start_ms=max(0, start_ms if start_ms is not None else now_ms),
+                    end_ms=max(0, end_ms if end_ms is not None else now_ms),
+                    confidence=confidence,
+                    interim_count=interim_count,
+                    interrupted=interrupted,
+                    **{k: v for k, v in (latency or {}).items() if k in _LATENCY_FIELDS},
+                )
+                update = {"last_seen_at": timezone.now()}
+                if speaker == Utterance.Speaker.TRAINEE:
+                    update["turn_count"] = F("turn_count") + 1
+                RealtimeSession.objects.filter(pk=locked.pk).update(**update)
+                return utterance
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+_LATENCY_FIELDS = {"endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tts_first_audio_ms", "turn_latency_ms"}
+
+
+def utterance_update(*, utterance_id: int, **fields: object) -> None:
+    """Late facts about a turn: what was actually played (text, when, how), latency figures."""
+    allowed = _LATENCY_FIELDS | {"text", "start_ms", "end_ms", "interrupted", "source"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"cannot update {sorted(unknown)}")
+    Utterance.objects.filter(pk=utterance_id).update(**fields)
+
+
+def comment_create(*, author: User, session: RealtimeSession, offset_ms: int, text: str) -> ReviewComment:
+    if not (author.is_admin_role or author.is_manager_role):
+        raise PermissionDenied("Only managers can comment on sessions.")
+    return ReviewComment.objects.create(session=session, author=author, offset_ms=max(0, offset_ms), text=text.strip())
+
+
+@transaction.atomic
+def analytics_override(
+    *, manager: User, session: RealtimeSession, scores: dict[str, float], total: float | None
+) -> SessionAnalytics:
+    """A manager's judgement wins but never overwrites the computed scores: both are kept."""
+    if not (manager.is_admin_role or manager.is_manager_role):
+        raise PermissionDenied("Only managers can override scores.")
+    analytics, _ = SessionAnalytics.objects.get_or_create(session=session)
+    analytics.override_rubric = {str(k): float(v) for k, v in scores.items()}
+    analytics.override_total = total
+    analytics.overridden_by = manager
+    analytics.save(update_fields=["override_rubric", "override_total", "overridden_by", "computed_at"])
+    return analytics
+
+
+def session_recording_saving(*, session_id: str) -> None:
+    """A recording of this session is about to be written: after-call processing must not delete it.
+
+    Called by ``CallRecorder.save`` before it replaces the stored WAV (same name every time).
+    Without this mark, a processing run that loaded the previous recording could delete the file
+    being written. Processing checks the mark under the session's row lock, which this update takes too.
+    """
+    RealtimeSession.objects.filter(pk=session_id).update(recording_saving_since=timezone.now())
+
+
+def session_recording_save_failed(*, session_id: str) -> None:
+    """The write announced by ``session_recording_saving`` did not happen: lift the mark."""
+    RealtimeSession.objects.filter(pk=session_id).update(recording_saving_since=None)
+
+
+def session_recording_stored(*, session_id: str) -> None:
+    """A complete recording is in storage: a newer version, and for an ended session, process it (again).
+
+    The recording is stored after the session ends (the media worker saves it once the peer is
+    closed; the chunk fallback after ``session_end``), so after-call processing may already have
+    run or be running without it. The bumped ``recording_version`` makes a finished run redo its
+    work and a running one stop without touching the recording; the dispatch happens after commit.
+    """
+    with transaction.atomic():
+        session = RealtimeSession.objects.select_for_update().filter(pk=session_id).first()
+        if session is None:
+            return
+        session.recording_version += 1
+        session.recording_saving_since = None
+        session.save(update_fields=["recording_version", "recording_saving_since"])
+        if session.state == RealtimeSession.State.ENDED:
+            transaction.on_commit(lambda: _dispatch_post_session(session.pk))
+
+
+def session_attach_recording(*, session_id: str, name: str, audio_metadata: dict) -> bool:
+    """The media worker stored the call's recording under ``name``: point the session at it.
+
+    ``audio_metadata`` is merged into what is already there (the transport may have written codec
+    facts), so neither side overwrites the other. A name that is not in storage is never attached
+    (returns False): after-call processing may already have archived that WAV and deleted it, and
+    the session then keeps pointing at the archived copy. Processing itself was dispatched when the
+    recording was stored (``session_recording_stored``).
+    """
+    from django.core.files.storage import default_storage
+
+    with transaction.atomic():
+        session = RealtimeSession.objects.select_for_update().get(pk=session_id)
+        session.audio_metadata = {**(session.audio_metadata or {}), **audio_metadata}
+        fields = ["audio_metadata"]
+        # Checked under the row lock: processing deletes the raw WAV under the same lock.
+        attached = default_storage.exists(name)
+        if attached:
+            session.recording.name = name
+            fields.append("recording")
+        else:
+            logger.info("recording not attached: %s is not in storage (already archived?)", name,
+                        extra={"session_id": session_id})
+        session.save(update_fields=fields)
+    return attached

@@ -1,0 +1,103 @@
+"""Celery tasks: thin wrappers that call ``roleplay.postprocess``; retry policy and scheduling live here.
+
+Reliability (see ``lingecho/settings.py`` CELERY_*): tasks are acknowledged late and rejected back to
+the queue when the worker process dies, so a killed worker means the task runs again — which is safe
+because ``session_process`` is idempotent. Transient errors (storage ``OSError``, database
+``OperationalError``, S3 connection errors) are retried with exponential backoff up to
+``POSTPROCESS_MAX_RETRIES`` times, then the session is marked ``failed`` with the reason; any other
+error fails it at once (retrying a bug only delays the report).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.db import connections
+
+from roleplay import postprocess
+
+logger = logging.getLogger(__name__)
+
+
+def retry_countdown(retries: int) -> int:
+    """Seconds to wait after ``retries`` earlier retries: 2, 4, 8, … capped at the configured maximum."""
+    return get_exponential_backoff_interval(
+        factor=2, retries=max(0, retries), maximum=settings.POSTPROCESS_RETRY_BACKOFF_MAX_SECONDS, full_jitter=False
+    )
+
+
+# One job at a time: the embedded server has few cores and the calls in progress come first.
+_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="after-call")
+
+
+def _run_in_background(task: Task, args: tuple, kwargs: dict) -> object:
+    try:
+        return task.apply(args=args, kwargs=kwargs).result
+    except Exception:  # noqa: BLE001 - nobody waits on this thread: log, never raise into the void
+        logger.exception("after-call task crashed in the background thread")
+        return None
+    finally:
+        connections.close_all()  # this thread's connections only
+
+
+class AfterCallTask(Task):
+    """In eager mode (no broker), run on a background thread instead of inside the caller.
+
+    ``session_end`` dispatches on commit from the call's own database thread; running minutes of
+    audio through Whisper there would stall every other call's database access in the embedded
+    server. With a broker this changes nothing. ``POSTPROCESS_EAGER_IN_BACKGROUND=0`` restores the
+    plain synchronous eager behaviour (tests use it to assert right after ending a session).
+    """
+
+    def apply_async(self, args=None, kwargs=None, **options):  # type: ignore[override]
+        if self.app.conf.task_always_eager and settings.POSTPROCESS_EAGER_IN_BACKGROUND:
+            future: Future = _background.submit(_run_in_background, self, tuple(args or ()), dict(kwargs or {}))
+            return future
+        return super().apply_async(args=args, kwargs=kwargs, **options)
+
+
+@shared_task(bind=True, base=AfterCallTask, name="roleplay.tasks.process_session", acks_late=True,
+             reject_on_worker_lost=True, max_retries=None)
+def process_session(self, session_id: str, force: bool = False) -> str:
+    """Archive, re-transcribe and score one ended session (dispatched by ``services.session_end`` on commit)."""
+    try:
+        return postprocess.session_process(session_id=session_id, force=force)
+    except postprocess.TRANSIENT_ERRORS as exc:
+        if self.request.retries >= settings.POSTPROCESS_MAX_RETRIES:
+            postprocess.processing_fail(session_id=session_id, error=exc)
+            raise
+        countdown = retry_countdown(self.request.retries)
+        postprocess.processing_retrying(
+            session_id=session_id, attempt=self.request.retries + 1, countdown=countdown, error=exc
+        )
+        logger.warning("post-session step failed (%s); retry in %s s", type(exc).__name__, countdown,
+                       extra={"session_id": session_id})
+        if self.request.is_eager and threading.current_thread().name.startswith("after-call"):
+            time.sleep(countdown)  # eager retries do not wait; on our own background thread we can
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except Exception as exc:
+        postprocess.processing_fail(session_id=session_id, error=exc)
+        raise
+
+
+@shared_task(name="roleplay.tasks.sweep_unprocessed_sessions", acks_late=True)
+def sweep_unprocessed_sessions() -> int:
+    """Dispatch sessions that ended but were never processed (a dispatch lost to a broker outage)."""
+    ids = postprocess.sessions_awaiting_processing()
+    for session_id in ids:
+        process_session.delay(session_id)
+    if ids:
+        logger.info("sweeper re-dispatched %d unprocessed sessions", len(ids))
+    return len(ids)
+
+
+@shared_task(name="roleplay.tasks.purge_recordings", acks_late=True)
+def purge_recordings() -> int:
+    """Retention: remove recordings older than ``RECORDING_RETENTION_DAYS``; transcripts stay."""
+    return len(postprocess.recordings_purge())

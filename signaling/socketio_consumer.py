@@ -1,0 +1,455 @@
+"""The audio-chunk fallback at ``/socket.io/``: Socket.IO v5 / Engine.IO v4 on a Channels consumer.
+
+For trainees whose network will not carry WebRTC. The browser's MediaRecorder sends 250 ms
+pieces as ``audio-chunk`` events; the SessionManager (signaling.chunk_sessions) buffers them
+per session, and media_pipeline.chunk_turns decodes, endpoints, transcribes and answers with
+the same engines and the same turn service as the WebRTC path.
+
+Layout as in the other consumer: socket events (connect / receive / disconnect), command
+handlers (one ``on_<event>`` per Socket.IO event), channel-layer handlers. Database work is in
+the ``database_sync_to_async`` helpers at the bottom, which raise :class:`ProtocolError` with the
+wire code already chosen. Framing is signaling.socketio_wire; the Origin check and the cookie or
+``?token=`` user come from the websocket stack in signaling.auth, and a CONNECT packet may carry
+``auth: {token}`` (a JWT) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import secrets
+import time
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from media_pipeline.chunk_turns import ChunkTurns, load_session_info
+from media_pipeline.webm_stream import FORMATS, AudioDecodeError
+from roleplay import selectors, services
+from roleplay.errors import LiveSessionLimit, NotFound, SessionNotFound, SessionNotResumable
+from roleplay.models import RealtimeSession, User
+from signaling.auth import query_params, user_from_token
+from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
+from signaling.protocol import ErrorCode, ProtocolError, invalid
+from signaling.ratelimit import TokenBucket
+from signaling.socketio_wire import (
+    ENGINEIO_VERSION,
+    Ack,
+    Close,
+    Connect,
+    Disconnect,
+    Event,
+    Ping,
+    Pong,
+    SocketIOWire,
+    WireError,
+)
+
+logger = logging.getLogger(__name__)
+
+CHUNK_MS = 250  # what the page's MediaRecorder uses; advertised in audioConfig
+CONNECT_TIMEOUT_SECONDS = 10.0  # an Engine.IO socket that never sends a Socket.IO CONNECT is closed
+MAX_TEXT_CHARS = 4000
+EVENTS = ("start-session", "audio-chunk", "end-session", "text-message")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ping_interval_seconds() -> float:
+    return settings.WS_PING_INTERVAL_SECONDS
+
+
+def ping_timeout_seconds() -> float:
+    # The client gives up after pingInterval + pingTimeout without a ping; make that the idle limit.
+    return max(1.0, settings.WS_IDLE_TIMEOUT_SECONDS - settings.WS_PING_INTERVAL_SECONDS)
+
+
+class SocketIOConsumer(AsyncWebsocketConsumer):
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' own ``dispatch`` runs ``close_old_connections`` on the one shared sync thread
+        before *every* message, so each audio chunk's ack waited behind whatever database write
+        (a turn being recorded, a commit waiting on the SQLite lock) held that thread: seconds at
+        100 clients. This consumer touches the database only through ``database_sync_to_async``
+        helpers, which close stale connections around themselves, so the per-message hop is skipped."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    # --- socket events ---------------------------------------------------------------------------
+    async def connect(self) -> None:
+        params = query_params(self.scope)
+        if params.get("EIO") != ENGINEIO_VERSION or params.get("transport", "websocket") != "websocket":
+            await self.close(code=4400)  # refused before accept: only EIO=4 over WebSocket
+            return
+        self.wire = SocketIOWire()
+        self.sid = secrets.token_urlsafe(15)
+        self.user: User | None = None
+        self.chunk: ChunkSession | None = None
+        self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
+        self.violations = 0
+        self.last_pong = time.monotonic()
+        self.closing = False
+        await self.accept()
+        await self.send(text_data=self.wire.open(
+            sid=self.sid,
+            ping_interval_ms=int(ping_interval_seconds() * 1000),
+            ping_timeout_ms=int(ping_timeout_seconds() * 1000),
+            max_payload=settings.WS_MAX_MESSAGE_BYTES,
+        ))
+        self.heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"sio-ping-{self.sid}")
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        frame: str | bytes = text_data if text_data is not None else (bytes_data or b"")
+        if len(frame) > settings.WS_MAX_MESSAGE_BYTES:
+            await self._error(invalid(
+                f"Message of {len(frame)} bytes exceeds the {settings.WS_MAX_MESSAGE_BYTES}-byte limit.",
+                limit=settings.WS_MAX_MESSAGE_BYTES,
+            ))
+            return
+        try:
+            packet = self.wire.feed(frame)
+        except WireError as exc:
+            await self._error(invalid(f"Malformed Socket.IO frame: {exc}"))
+            return
+        if packet is None:
+            return
+        if isinstance(packet, Pong):
+            self.last_pong = time.monotonic()
+        elif isinstance(packet, Ping):
+            await self.send(text_data=self.wire.pong(packet.data))
+        elif isinstance(packet, Close):
+            await self.close()
+        elif isinstance(packet, Connect):
+            await self.on_connect(packet)
+        elif isinstance(packet, Disconnect):
+            await self.close()
+        elif isinstance(packet, Ack):
+            return
+        elif isinstance(packet, Event):
+            await self._dispatch(packet)
+
+    async def disconnect(self, code: int) -> None:
+        heartbeat = getattr(self, "heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.cancel()
+        chunk = getattr(self, "chunk", None)
+        if chunk is not None and chunk.is_owned_by(self):
+            # Not the end of the call: the session waits (resume window) for the client to come back.
+            chunk.detach(self)
+            await _mark_dropped(chunk.session_id)
+        self.chunk = None
+
+    # --- command handlers ----------------------------------------------------------------------
+    async def on_connect(self, packet: Connect) -> None:
+        if packet.namespace != "/":
+            await self._frames(self.wire.connect_error("Invalid namespace", namespace=packet.namespace))
+            return
+        user = self.scope.get("user")
+        token = packet.auth.get("token") if isinstance(packet.auth, dict) else None
+        if isinstance(token, str) and token:
+            user = await user_from_token(token)  # an auth token decides, as ?token= does
+        if user is None or not user.is_authenticated:
+            await self._frames(self.wire.connect_error("Authentication required", data={"code": "unauthorized"}))
+            await self.close(code=4401)
+            return
+        self.user = user
+        await self._frames(self.wire.connect_ack(sid=self.sid))
+
+    async def _dispatch(self, event: Event) -> None:
+        if self.user is None:
+            await self._error(invalid("Send a Socket.IO CONNECT (with auth) before any event."))
+            return
+        if not self.bucket.take():
+            await self._rate_limited(event)
+            return
+        self.violations = 0
+        handler = {
+            "start-session": self.on_start_session,
+            "audio-chunk": self.on_audio_chunk,
+            "end-session": self.on_end_session,
+            "text-message": self.on_text_message,
+        }.get(event.name)
+        data = event.args[0] if event.args else {}
+        try:
+            if handler is None:
+                raise invalid(f"Unknown event {event.name[:40]!r}.", known=list(EVENTS))
+            if not isinstance(data, dict):
+                raise invalid(f"The {event.name} payload must be an object.")
+            reply = await handler(data)
+        except ProtocolError as exc:
+            await self._error(exc, ack_id=event.ack_id)
+            return
+        if event.ack_id is not None:
+            await self._frames(self.wire.ack(event.ack_id, reply if reply is not None else {"ok": True}))
+
+    async def on_start_session(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.chunk is not None:
+            raise invalid("A session is already running on this socket; end it first.")
+        audio_config = _audio_config(data.get("audioConfig"))
+        session_id = data.get("sessionId")
+        if session_id is not None and not isinstance(session_id, str):
+            raise invalid("sessionId must be a string or null.")
+        if session_id:
+            return await self._resume(session_id, audio_config)
+        scenario_id = data.get("scenarioId")
+        if not isinstance(scenario_id, (str, int)) or isinstance(scenario_id, bool) or str(scenario_id) == "":
+            raise invalid("scenarioId is required to start a new session.")
+        session_id, persona, max_turns = await _create_session(self.user, str(scenario_id))
+        turns = ChunkTurns(await load_session_info(session_id), audio_config)
+        await turns.save_metadata()
+        chunk = self._open(turns, audio_config)
+        started = self._started_payload(session_id, persona, max_turns, audio_config, resumed=False, next_offset=0)
+        await self._emit("session-started", started)
+        await chunk.attach(self, self._emit_via_layer)
+        self.chunk = chunk
+        turns.opening()
+        return started
+
+    async def _resume(self, session_id: str, audio_config: dict[str, Any]) -> dict[str, Any]:
+        persona, max_turns = await _resume_session(self.user, session_id)
+        chunk = manager.get(session_id)
+        stream_reset = chunk is None
+        if chunk is None:
+            # This process never had the session (or restarted): the recorder must start a new stream.
+            turns = ChunkTurns(await load_session_info(session_id), audio_config)
+            chunk = self._open(turns, audio_config)
+        elif chunk.user_id != self.user.pk:
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No such session.", {"session": session_id[:64]})
+        started = self._started_payload(session_id, persona, max_turns, chunk.audio_config, resumed=True,
+                                        next_offset=chunk.next_offset)
+        started["streamReset"] = stream_reset
+        await self._emit("session-started", started)
+        previous = await chunk.attach(self, self._emit_via_layer)
+        self.chunk = chunk
+        if previous is not None and hasattr(previous, "channel_name"):
+            # The old socket of this session is stale (a phone that switched networks): retire it.
+            await self.channel_layer.send(previous.channel_name, {"type": "chunk.takeover"})
+        return started
+
+    def _open(self, turns: ChunkTurns, audio_config: dict[str, Any]) -> ChunkSession:
+        chunk = manager.open(session_id=turns.session_id, user_id=self.user.pk, sink=turns, audio_config=audio_config)
+        turns.bind(chunk.emit, lambda reason: manager.close(turns.session_id, reason))
+        return chunk
+
+    @staticmethod
+    def _started_payload(
+        session_id: str, persona: dict[str, str], max_turns: int, audio_config: dict[str, Any], *,
+        resumed: bool, next_offset: int,
+    ) -> dict[str, Any]:
+        return {
+            "sessionId": session_id,
+            "maxTurns": max_turns,
+            "buyerPersona": persona,
+            "audioConfig": audio_config,
+            "resumed": resumed,
+            "nextOffset": next_offset,
+        }
+
+    async def on_audio_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
+        chunk = self._session_for(data)
+        offset = data.get("offset")
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise invalid("offset must be a non-negative integer (the chunk's index in the stream).")
+        raw = data.get("audioData")
+        if isinstance(raw, (bytes, bytearray)):
+            audio = bytes(raw)
+        elif isinstance(raw, str):
+            try:
+                audio = base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise invalid("audioData is not valid base64.", offset=offset) from None
+        else:
+            raise invalid("audioData must be a base64 string or binary.", offset=offset)
+        if not audio:
+            raise invalid("audioData is empty.", offset=offset)
+        if len(audio) > settings.CHUNK_FLUSH_BYTES:
+            raise invalid(
+                f"Chunk of {len(audio)} bytes exceeds the {settings.CHUNK_FLUSH_BYTES}-byte limit; "
+                "send smaller pieces.",
+                offset=offset, limit=settings.CHUNK_FLUSH_BYTES,
+            )
+        try:
+            receipt = chunk.receive(offset, audio)
+        except ChunkRefused as exc:
+            raise ProtocolError(exc.code, exc.message, exc.details) from None
+        body = receipt.payload(now_ms())
+        await self._emit("audio-received", body)
+        return body
+
+    async def on_end_session(self, data: dict[str, Any]) -> dict[str, Any]:
+        chunk = self._session_for(data)
+        self.chunk = None
+        await manager.close(chunk.session_id, RealtimeSession.EndReason.USER_REQUESTED)
+        return {"sessionId": chunk.session_id}
+
+    async def on_text_message(self, data: dict[str, Any]) -> dict[str, Any]:
+        chunk = self._session_for(data)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
+            raise invalid(f"text must be a non-empty string of at most {MAX_TEXT_CHARS} characters.")
+        chunk.touch()
+        return {"queued": await chunk.sink.text(text.strip())}
+
+    def _session_for(self, data: dict[str, Any]) -> ChunkSession:
+        chunk = self.chunk
+        if chunk is None or chunk.closed:
+            self.chunk = None
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No session on this socket; send start-session first.")
+        requested = data.get("sessionId")
+        if requested not in (None, chunk.session_id):
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "That is not this socket's session.",
+                                {"session": str(requested)[:64]})
+        return chunk
+
+    async def _rate_limited(self, event: Event) -> None:
+        self.violations += 1
+        retry = self.bucket.retry_after_ms()
+        await self._error(
+            ProtocolError(ErrorCode.RATE_LIMIT, "Too many messages; slow down.", {"retry_after": retry}),
+            ack_id=event.ack_id,
+        )
+        if self.violations >= settings.WS_RATE_VIOLATIONS_BEFORE_CLOSE:
+            await self._frames(self.wire.disconnect())
+            await self.close(code=4429)
+
+    # --- channel-layer handlers ------------------------------------------------------------------
+    async def chunk_emit(self, message: dict[str, Any]) -> None:
+        """An event from the session's turn logic (transcription, ai-response, ... session-ended)."""
+        await self._emit(message["event"], message["data"])
+        if message["event"] == "session-ended":
+            self.chunk = None
+
+    async def chunk_takeover(self, message: dict[str, Any]) -> None:
+        """Another socket of the same user took this session over."""
+        self.chunk = None
+        await self._error(ProtocolError(ErrorCode.SESSION_NOT_FOUND, "This session continued on another connection."))
+        await self._frames(self.wire.disconnect())
+        await self.close(code=4409)
+
+    # --- sending ---------------------------------------------------------------------------------
+    async def _emit_via_layer(self, name: str, data: dict[str, Any]) -> None:
+        await self.channel_layer.send(self.channel_name, {"type": "chunk.emit", "event": name, "data": data})
+
+    async def _emit(self, name: str, data: dict[str, Any]) -> None:
+        await self._frames(self.wire.event(name, data))
+
+    async def _error(self, exc: ProtocolError, *, ack_id: int | None = None) -> None:
+        body: dict[str, Any] = {"code": str(exc.code), "message": exc.message}
+        if exc.details:
+            body["details"] = exc.details
+        await self._emit("error", body)
+        if ack_id is not None:
+            await self._frames(self.wire.ack(ack_id, {"error": body}))
+
+    async def _frames(self, frames: list[str | bytes]) -> None:
+        for frame in frames:
+            if isinstance(frame, str):
+                await self.send(text_data=frame)
+            else:
+                await self.send(bytes_data=frame)
+
+    async def _heartbeat(self) -> None:
+        """Engine.IO v4: the server pings every pingInterval; a client that does not pong within
+        pingTimeout is gone. A socket that never sends CONNECT is closed after a few seconds."""
+        interval, timeout = ping_interval_seconds(), ping_timeout_seconds()
+        tick = min(interval, timeout, 1.0)
+        started = time.monotonic()
+        next_ping = started + interval
+        awaiting: float | None = None
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(tick)
+                now = time.monotonic()
+                if self.user is None and now - started >= CONNECT_TIMEOUT_SECONDS:
+                    await self.close(code=4408)
+                    return
+                if awaiting is not None and self.last_pong >= awaiting:
+                    awaiting = None
+                if awaiting is not None and now - awaiting >= timeout:
+                    logger.info("socket.io client missed a pong; closing", extra={"sid": self.sid})
+                    await self.close(code=4408)
+                    return
+                if awaiting is None and now >= next_ping:
+                    awaiting = now
+                    next_ping = now + interval
+                    await self.send(text_data=self.wire.ping())
+
+
+def _audio_config(raw: Any) -> dict[str, Any]:
+    """The accepted audio format: WebM/Opus from MediaRecorder (default) or raw PCM16 at ``sampleRate``."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise invalid("audioConfig must be an object.")
+    audio_format = raw.get("format", "webm-opus")
+    rate = raw.get("sampleRate", 16000 if audio_format == "pcm16" else 48000)
+    if audio_format not in FORMATS:
+        raise ProtocolError(ErrorCode.AUDIO_ENCODE_FAILED, f"Unsupported audio format {str(audio_format)[:40]!r}.",
+                            {"supported": list(FORMATS)})
+    if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
+        raise invalid("audioConfig.sampleRate must be an integer between 8000 and 48000.")
+    if audio_format == "pcm16":
+        try:
+            from media_pipeline.webm_stream import PCM16Stream
+
+            PCM16Stream(rate)
+        except AudioDecodeError as exc:
+            raise ProtocolError(ErrorCode.AUDIO_ENCODE_FAILED, str(exc)) from None
+    return {"format": audio_format, "sampleRate": rate, "channels": 1, "chunkMs": CHUNK_MS}
+
+
+# --- database helpers (never touched from the consumer directly) -----------------------------------
+
+def _persona(scenario: Any) -> dict[str, str]:
+    # What the trainee may see of the buyer: never the goals, objections or closing rules.
+    return {
+        "name": scenario.persona_name,
+        "title": scenario.persona_title,
+        "company": scenario.company,
+        "industry": scenario.industry,
+        "personality": scenario.personality,
+    }
+
+
+@database_sync_to_async
+def _create_session(user: User, scenario_id: str) -> tuple[str, dict[str, str], int]:
+    try:
+        scenario = selectors.scenario_get(scenario_id=scenario_id)
+    except NotFound:
+        raise invalid("No such scenario.", scenario=scenario_id[:64]) from None
+    try:
+        session = services.session_create(trainee=user, scenario=scenario, transport=RealtimeSession.Transport.CHUNK)
+    except LiveSessionLimit as exc:
+        details = {"reason": "live_session_limit", **exc.details}
+        raise ProtocolError(ErrorCode.RATE_LIMIT, exc.message, details) from None
+    return session.pk, _persona(scenario), scenario.max_turns
+
+
+@database_sync_to_async
+def _resume_session(user: User, session_id: str) -> tuple[dict[str, str], int]:
+    try:
+        session = services.session_resume(user=user, session_id=session_id)
+    except SessionNotFound:
+        raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No such session.", {"session": session_id[:64]}) from None
+    except SessionNotResumable as exc:
+        raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, exc.message,
+                            {"reason": "not_resumable", "session": session_id[:64]}) from None
+    scenario = RealtimeSession.objects.select_related("scenario").get(pk=session.pk).scenario
+    return _persona(scenario), scenario.max_turns
+
+
+@database_sync_to_async
+def _mark_dropped(session_id: str) -> None:
+    services.session_mark_dropped(session_id=session_id)
+
+
+__all__ = ["SocketIOConsumer"]

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import make_scenario, make_team, make_user
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def charlie(db, alice, bob):
+    """A manager whose team is alice and bob."""
+    manager = make_user("charlie", role="manager")
+    make_team("Team Charlie", managers=[manager], members=[alice, bob])
+    return manager
+
+
+@pytest.fixture
+def dave(db):
+    return make_user("dave")
+
+
+@pytest.fixture
+def mallory(db):
+    return make_user("mallory", role="admin")
+
+
+@pytest.fixture
+def scenario(db):
+    return make_scenario()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_media(settings, tmp_path):
+    """Every test writes stored files into its own folder."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test runs on its own event loop; a channel layer kept from an earlier loop (the Redis
+    layer holds loop-bound locks, pools and receive tasks) can leave a task that never finishes
+    cancelling when the test's loop closes. A fresh layer per test keeps loops apart."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+async def media_worker():
+    """A media worker on its own in-memory layer, serving the shared channel like the embedded default."""
+    from channels.layers import InMemoryChannelLayer
+
+    from media_pipeline.worker import MediaWorker  # imported here: aiortc is heavy for tests that never call
+
+    worker = MediaWorker(InMemoryChannelLayer(capacity=500))
+    await worker.ensure_started(serve_shared=True)
+    yield worker
+    await worker.stop()

@@ -1,0 +1,316 @@
+"""The offline engines (eSpeak NG, faster-whisper tiny.en, Silero VAD), the audio helpers and
+the bounded executor, all real: speech is synthesised at test time, nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from media_pipeline import audio
+from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
+from media_pipeline.engines.asr.base import UnsupportedLanguage
+from media_pipeline.engines.tts.text import SentenceBuffer, sentence_split
+from media_pipeline.engines.vad.base import Endpointer, EndpointerConfig, SpeechDetector
+from media_pipeline.executor import BoundedExecutor, EngineBusy, monitor_event_loop_lag
+from tests.audio_fixtures import frames, noise, silence, speak, speak_pcm16
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def asr():
+    return get_asr_engine("faster_whisper")
+
+
+def voiced_span(samples: np.ndarray, rate: int = RATE, floor_dbfs: float = -40.0) -> tuple[int, int]:
+    """First and last sample of 10 ms blocks louder than ``floor_dbfs``: where speech really is."""
+    step = rate // 100
+    loud = [i for i in range(0, len(samples) - step, step) if audio.dbfs(samples[i : i + step]) > floor_dbfs]
+    return loud[0], loud[-1] + step
+
+
+# --- TTS -------------------------------------------------------------------------------------
+
+def test_it_speaks_english_that_whisper_understands(asr):
+    speech = speak("Please send me the pricing proposal by Friday.")
+    transcript = asr.transcribe(speech, language="en-US")
+    text = transcript.text.lower()
+    for word in ("send", "pricing", "proposal", "friday"):
+        assert word in text, transcript
+    assert 0.3 < transcript.confidence <= 1.0
+    assert transcript.language == "en"
+    assert transcript.duration_s == pytest.approx(len(speech) / RATE)
+
+
+def test_it_gives_word_timestamps_inside_the_audio(asr):
+    speech = np.concatenate([silence(300), speak("The budget is approved.")])
+    transcript = asr.transcribe(speech, language="en", word_timestamps=True)
+    assert [w.word.strip(".").lower() for w in transcript.words][-1] == "approved"
+    starts = [w.start_s for w in transcript.words]
+    assert starts == sorted(starts)
+    assert transcript.words[-1].end_s <= transcript.duration_s + 0.1
+
+
+def test_it_speaks_chinese_with_the_cmn_voice():
+    tts = get_tts_engine("espeak")
+    pcm = np.concatenate(list(tts.synthesize("你好，请问你们的价格是多少？", language="zh-CN")))
+    assert pcm.dtype == np.int16
+    assert len(pcm) / tts.sample_rate > 1.0
+    assert audio.dbfs(pcm) > -30
+
+
+def test_it_speaks_faster_when_speed_goes_up():
+    text = "We would like to review the contract terms before signing."
+    normal, fast = len(speak(text)), len(speak(text, speed=2.0))
+    assert fast < 0.65 * normal
+
+
+def test_it_accepts_an_espeak_voice_name_and_falls_back_on_an_unknown_one():
+    tts = get_tts_engine("espeak")
+    female = np.concatenate(list(tts.synthesize("Hello there.", voice="en-us+f3")))
+    unknown = np.concatenate(list(tts.synthesize("Hello there.", voice="longxiaochun", language="en")))
+    assert audio.dbfs(female) > -30 and audio.dbfs(unknown) > -30
+
+
+def test_it_refuses_a_nonsense_speed():
+    with pytest.raises(ValueError, match="speed"):
+        list(get_tts_engine("espeak").synthesize("Hi.", speed=0))
+
+
+def test_it_splits_sentences_in_english_and_chinese():
+    assert sentence_split("Hi Mr. Lee. It costs 3.5 k! OK?") == ["Hi Mr. Lee.", "It costs 3.5 k!", "OK?"]
+    chinese = sentence_split("太贵了。能便宜点吗？我们预算有限；", "zh-CN")
+    assert chinese == ["太贵了。", "能便宜点吗？", "我们预算有限；"]
+    buffer = SentenceBuffer("en")
+    released = [s for token in ("That is", " fine. The price", " is 2.", "5 k.") for s in buffer.push(token)]
+    assert released == ["That is fine."]
+    assert buffer.flush() == ["The price is 2.5 k."]
+
+
+# --- ASR garbage -----------------------------------------------------------------------------
+
+def test_it_returns_an_empty_transcript_for_empty_short_or_silent_audio(asr):
+    for samples in (np.zeros(0, np.float32), speak("Yes")[:800], silence(1000)):
+        transcript = asr.transcribe(samples, language="en")
+        assert transcript.is_empty and transcript.confidence == 0.0
+
+
+def test_it_rejects_nan_audio_with_a_clear_message(asr):
+    bad = speak("Hello")
+    bad[100] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        asr.transcribe(bad, language="en")
+
+
+def test_it_refuses_chinese_on_the_english_only_model(asr):
+    with pytest.raises(UnsupportedLanguage, match="English-only"):
+        asr.transcribe(speak("你好", language="zh-CN"), language="zh-CN")
+
+
+def test_it_names_known_engines_when_asked_for_an_unknown_one():
+    with pytest.raises(ValueError, match="faster_whisper"):
+        get_asr_engine("nope")
+
+
+# --- VAD -------------------------------------------------------------------------------------
+
+def test_it_endpoints_speech_silence_speech_at_the_right_times():
+    first = speak("I think the price is too high for us.")
+    second = speak("Can you do better on the discount?")
+    floor = noise(5000, level_dbfs=-60)
+    pause_ms, tail_ms = 1500, 1200
+    stream = np.concatenate([silence(500), first, silence(pause_ms), second, silence(tail_ms)])
+    stream = stream + np.resize(floor, stream.shape)
+    first_at = RATE // 2
+    second_at = first_at + len(first) + RATE * pause_ms // 1000
+    truth = [
+        tuple(x + first_at for x in voiced_span(first)),
+        tuple(x + second_at for x in voiced_span(second)),
+    ]
+
+    config = EndpointerConfig(end_silence_ms=600)
+    detector = SpeechDetector(get_vad_model(), config)
+    events = [e for frame in frames(stream) for e in detector.feed(frame)]
+    tolerance = int(0.1 * RATE)
+
+    starts = [e for e in events if e.kind == "speech_start"]
+    ends = [e for e in events if e.kind == "speech_end"]
+    assert len(starts) == 2 and len(ends) == 2, events
+    assert not [e for e in events if e.kind == "speech_discarded"]
+    for (t_start, t_end), start, end in zip(truth, starts, ends, strict=True):
+        assert abs(start.sample - t_start) <= tolerance
+        assert abs(end.end_sample - t_end) <= tolerance
+        assert end.start_sample == start.sample
+        # the turn is declared after the configured hang-over, not much later
+        assert abs((end.detected_at - end.end_sample) - 600 * RATE // 1000) <= tolerance
+        began = [e for e in events if e.kind == "silence_began" and e.sample == end.end_sample]
+        assert began and began[0].detected_at < end.detected_at
+
+
+def test_it_finds_no_speech_in_silence_or_noise():
+    detector = SpeechDetector(get_vad_model())
+    quiet = np.concatenate([silence(1000), noise(2000, level_dbfs=-30), noise(1000, level_dbfs=-60, seed=1)])
+    events = [e for frame in frames(quiet) for e in detector.feed(frame)]
+    assert events == []
+    assert not detector.in_speech
+
+
+def test_it_scores_the_same_whatever_the_chunking():
+    speech = np.concatenate([speak("Send the proposal."), silence(300)])
+    one_shot = get_vad_model().create_stream().feed(speech)
+    streamed = get_vad_model().create_stream()
+    probs = np.concatenate([streamed.feed(c) for c in np.array_split(speech, 37)])
+    assert len(one_shot) == len(speech) // 512
+    np.testing.assert_allclose(probs, one_shot, atol=1e-4)
+    assert one_shot.max() > 0.9
+
+
+def test_it_rejects_nan_in_the_vad_stream():
+    with pytest.raises(ValueError, match="NaN"):
+        get_vad_model().create_stream().feed(np.full(600, np.nan, np.float32))
+
+
+def test_it_discards_a_blip_and_reports_a_resumed_pause():
+    ep = Endpointer(EndpointerConfig(start_ms=64, end_silence_ms=320, min_speech_ms=250))
+    blip = ep.process([0.9, 0.9, 0.9] + [0.0] * 12)
+    assert [e.kind for e in blip] == ["speech_start", "silence_began", "speech_discarded"]
+    ep.reset()
+    talk = ep.process([0.9] * 20 + [0.1] * 5 + [0.9] * 5 + [0.1] * 12)
+    assert [e.kind for e in talk] == [
+        "speech_start", "silence_began", "speech_resumed", "silence_began", "speech_end",
+    ]
+    assert talk[-1].start_sample == 0 and talk[-1].end_sample == 30 * 512
+
+
+# --- audio helpers ---------------------------------------------------------------------------
+
+def test_it_keeps_the_signal_through_a_streaming_resample_round_trip():
+    speech = speak("Let me check with my manager.")
+    up, down = audio.Resampler(RATE, 48000), audio.Resampler(48000, RATE)
+    wide = np.concatenate([up.process(f) for f in frames(speech)] + [up.flush()])
+    assert abs(len(wide) - 3 * len(speech)) <= 3
+    back = np.concatenate([down.process(f) for f in frames(wide, 48000)] + [down.flush()])
+    n = min(len(back), len(speech))
+    assert abs(len(back) - len(speech)) <= 3
+    assert np.corrcoef(back[:n], speech[:n])[0, 1] > 0.99
+
+
+def test_it_resamples_espeak_rate_and_downmixes_stereo():
+    tone = np.sin(2 * np.pi * 440 * np.arange(22050) / 22050).astype(np.float32) * 0.5
+    assert abs(len(audio.resample(tone, 22050, RATE)) - RATE) <= 2
+    stereo = np.stack([tone, tone])
+    assert np.allclose(audio.downmix(stereo), tone)
+    interleaved = audio.float32_to_pcm16(stereo.T.reshape(-1))
+    assert audio.downmix(interleaved, channels=2).dtype == np.int16
+    assert len(audio.to_asr_input(interleaved, 22050, channels=2)) == pytest.approx(RATE, abs=2)
+
+
+def test_it_round_trips_pcm16_wav_and_levels(tmp_path):
+    pcm = speak_pcm16("Deal.")
+    assert np.array_equal(audio.float32_to_pcm16(audio.pcm16_to_float32(pcm.tobytes())), pcm)
+    samples, rate = audio.read_wav(audio.write_wav(tmp_path / "deal.wav", pcm, RATE))
+    assert rate == RATE and np.array_equal(audio.float32_to_pcm16(samples), pcm)
+    assert audio.dbfs(silence(20)) == audio.DBFS_FLOOR
+    assert audio.dbfs(np.full(160, 0.5, np.float32)) == pytest.approx(-6.02, abs=0.01)
+    assert audio.float32_to_pcm16(np.array([2.0, -2.0]))[0] == 32767
+
+
+# --- executor --------------------------------------------------------------------------------
+
+def sample(name: str, kind: str) -> float:
+    return REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
+
+
+def test_it_raises_engine_busy_when_the_queue_is_full():
+    gate = threading.Event()
+    with BoundedExecutor("test-raise", max_workers=1, max_queue=1) as ex:
+        running, queued = ex.submit(gate.wait), ex.submit(gate.wait)
+        with pytest.raises(EngineBusy, match="all 2 slots"):
+            ex.submit(gate.wait)
+        gate.set()
+        assert running.result(1) and queued.result(1)
+        assert ex.submit(lambda: 42).result(1) == 42
+
+
+def test_it_waits_for_a_slot_then_gives_up_after_the_timeout():
+    gate = threading.Event()
+    with BoundedExecutor("test-wait", max_workers=1, max_queue=0, block=True, timeout=0.1) as ex:
+        ex.submit(gate.wait)
+        started = time.monotonic()
+        with pytest.raises(EngineBusy, match="after waiting"):
+            ex.submit(gate.wait)
+        assert time.monotonic() - started >= 0.09
+        threading.Timer(0.05, gate.set).start()
+        assert ex.submit(lambda: "late").result(1) == "late"
+
+
+def test_it_forgets_cancelled_queued_tasks():
+    kind = "test-cancel"
+    gate = threading.Event()
+    ex = BoundedExecutor(kind, max_workers=1, max_queue=1)
+    ex.submit(gate.wait)
+    pending = ex.submit(time.sleep, 0)
+    assert pending.cancel()
+    assert sample("lingecho_engine_queue_depth", kind) == 0
+    gate.set()
+    ex.shutdown()
+
+
+def test_it_awaits_a_slot_without_blocking_the_event_loop():
+    gate = threading.Event()
+
+    async def scenario() -> tuple[list[str], int]:
+        ex = BoundedExecutor("test-async", max_workers=1, max_queue=0, block=True, timeout=2)
+        first = asyncio.ensure_future(ex.run(gate.wait))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(ex.run(lambda: "second"))
+        ticks = 0
+        for _ in range(10):  # the loop keeps ticking while `second` waits for its slot
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not second.done()
+        gate.set()
+        results = [str(await first), await second]
+        ex.shutdown()
+        return results, ticks
+
+    results, ticks = asyncio.run(scenario())
+    assert results == ["True", "second"] and ticks == 10
+
+
+def test_it_moves_the_executor_metrics():
+    kind = "test-metrics"
+    gate = threading.Event()
+    before = sample("lingecho_engine_task_seconds_count", kind)
+    with BoundedExecutor(kind, max_workers=1, max_queue=1) as ex:
+        ex.submit(gate.wait)
+        ex.submit(time.sleep, 0.01)
+        time.sleep(0.02)
+        assert sample("lingecho_engine_queue_depth", kind) == 1
+        assert sample("lingecho_engine_in_flight", kind) == 1
+        with pytest.raises(EngineBusy):
+            ex.submit(time.sleep, 0)
+        gate.set()
+    assert sample("lingecho_engine_task_seconds_count", kind) == before + 2
+    assert sample("lingecho_engine_rejected_total", kind) >= 1
+    assert sample("lingecho_engine_queue_depth", kind) == 0
+    assert sample("lingecho_engine_in_flight", kind) == 0
+
+
+def test_it_measures_event_loop_lag():
+    async def stall() -> None:
+        monitor = asyncio.ensure_future(monitor_event_loop_lag(interval=0.01, loop_name="test"))
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)  # a blocking call on the loop: exactly what the monitor must catch
+        await asyncio.sleep(0.03)
+        monitor.cancel()
+
+    before = REGISTRY.get_sample_value("lingecho_event_loop_lag_hist_seconds_sum", {"loop": "test"}) or 0.0
+    asyncio.run(stall())
+    after = REGISTRY.get_sample_value("lingecho_event_loop_lag_hist_seconds_sum", {"loop": "test"})
+    assert after - before >= 0.08
