@@ -274,6 +274,8 @@ TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
 BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
 ENGINE_WORKERS = envint("ENGINE_WORKERS", 2, minimum=1)
 ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
+# Added to the nice value of engine threads so socket loops preempt them (media_pipeline.priority).
+ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)
 ENDPOINT_SILENCE_MS = envint("ENDPOINT_SILENCE_MS", 400, minimum=100)
 BARGE_IN_MIN_SPEECH_MS = envint("BARGE_IN_MIN_SPEECH_MS", 250, minimum=50)

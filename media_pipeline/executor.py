@@ -4,7 +4,8 @@ Why bounded: a plain ThreadPoolExecutor queues without limit, so under overload 
 turn latency grows together until all of them time out. Here a task needs a *slot* (one of
 ``max_workers + max_queue``) before it is queued; when none is free the caller either gets
 ``EngineBusy`` at once or waits (with a timeout) — its choice, fixed per executor. The async
-path waits on an asyncio future, so it never blocks the event loop.
+path waits on an asyncio future, so it never blocks the event loop. Its threads run at a lower
+priority (:mod:`media_pipeline.priority`) so the loops they serve are never starved of CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 
 from media_pipeline import metrics
+from media_pipeline.priority import lower_current_thread_priority
 
 T = TypeVar("T")
 
@@ -126,7 +128,9 @@ class BoundedExecutor:
         self.block = block
         self.timeout = timeout
         self._slots = _Slots(max_workers + max_queue)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"engine-{kind}")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix=f"engine-{kind}", initializer=lower_current_thread_priority
+        )
         self._queued = metrics.ENGINE_QUEUE_DEPTH.labels(kind=kind)
         self._running = metrics.ENGINE_IN_FLIGHT.labels(kind=kind)
         self._task_seconds = metrics.ENGINE_TASK_SECONDS.labels(kind=kind)

@@ -36,6 +36,7 @@ from media_pipeline import heartbeat, metrics
 from media_pipeline.contract import MEDIA_CHANNEL, event
 from media_pipeline.outbound import pacing_stats
 from media_pipeline.pipeline import CallSession
+from media_pipeline.priority import lower_current_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def warm_up_in_background() -> None:
     from media_pipeline.runtime import warm_up
 
     def run() -> None:
+        lower_current_thread_priority()  # native pools the models start here inherit it
         try:
             warm_up()
         except Exception:  # noqa: BLE001 - the first call will load (and report) it instead

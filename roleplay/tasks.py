@@ -20,6 +20,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import connections
 
+from media_pipeline.priority import lower_current_thread_priority
 from roleplay import postprocess
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ def retry_countdown(retries: int) -> int:
 
 
 # One job at a time: the embedded server has few cores and the calls in progress come first.
-_background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="after-call")
+_background = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="after-call", initializer=lower_current_thread_priority
+)
 
 
 def _run_in_background(task: Task, args: tuple, kwargs: dict) -> object:
