@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py create_demo_data
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) lingecho.asgi:application
+	$(PY) -m lingecho.server -b $(HOST) -p $(PORT) lingecho.asgi:application
 
 # The whole suite on the embedded default, then again on PostgreSQL + Redis when they are reachable.
 test: $(VENV)/.installed-dev

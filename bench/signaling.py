@@ -55,7 +55,7 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def start_server(tmp: Path, sessions: int) -> tuple[subprocess.Popen, int, str, str]:
+def start_server(tmp: Path, sessions: int, server_module: str) -> tuple[subprocess.Popen, int, str, str]:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "lingecho.settings",
@@ -83,7 +83,7 @@ def start_server(tmp: Path, sessions: int) -> tuple[subprocess.Popen, int, str, 
         [
             sys.executable,
             "-m",
-            "daphne",
+            server_module,
             "-b",
             "127.0.0.1",
             "-p",
@@ -218,14 +218,17 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--server", default="lingecho.server", help="module run with -m: lingecho.server (make run) or plain daphne"
+    )
     args = parser.parse_args()
     limit = raise_nofile(args.idle * 2 + 256)
-    print(f"open-file limit       : {limit}")
+    print(f"open-file limit       : {limit}, server: python -m {args.server}")
     # The DB on tmpfs when there is one: this measures signaling, not the disk's fsync latency
     # (every connect writes a session row and the opening line).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     with tempfile.TemporaryDirectory(dir=shm) as tmp:
-        proc, port, token, scenario = start_server(Path(tmp), args.idle)
+        proc, port, token, scenario = start_server(Path(tmp), args.idle, args.server)
         try:
             url = f"ws://127.0.0.1:{port}/ws/voice/?scenario={scenario}&token={token}"
             conns = await hold_idle(url, args.idle, proc.pid)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 SCALED_VARIABLES = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "LINGECHO_STORAGE", "MEDIA_WORKER_MODE")
@@ -33,3 +34,8 @@ def isolated_env(folder: Path, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+def server_command(port: int) -> list[str]:
+    """The command ``make run`` serves with (lingecho.server: daphne with sliced sweeps)."""
+    return [sys.executable, "-m", "lingecho.server", "-b", "127.0.0.1", "-p", str(port), "lingecho.asgi:application"]

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from tests.audio_fixtures import silence, speak, write_wav
-from tests.live_server import free_port, isolated_env
+from tests.live_server import free_port, isolated_env, server_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -77,7 +77,7 @@ def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     log_path = tmp / "daphne.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "lingecho.asgi:application"],
+        server_command(port),
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -18,7 +18,7 @@ from typing import Any
 
 import websockets
 
-from tests.live_server import free_port, isolated_env
+from tests.live_server import free_port, isolated_env, server_command
 from tests.media_pipeline.voice_client import VoiceClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +63,7 @@ class LiveStack:
         self.manage("migrate", "--noinput")
         self.manage("create_demo_data")
         self.token = self.manage("issue_token", "trainee").splitlines()[-1]
-        self.spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                              "lingecho.asgi:application"])
+        self.spawn("daphne", server_command(self.port))
         deadline = time.monotonic() + 30
         while True:
             try:

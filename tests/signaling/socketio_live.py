@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from media_pipeline.audio import resample
-from tests.live_server import free_port, isolated_env
+from tests.live_server import free_port, isolated_env, server_command
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
@@ -55,7 +55,7 @@ class LiveServer:
         self.manage("migrate", "--noinput")
         self.manage("create_demo_data")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "lingecho.asgi:application"],
+            server_command(self.port),
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60

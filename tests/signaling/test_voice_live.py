@@ -21,7 +21,7 @@ import pytest
 import websockets
 
 from signaling.protocol import CloseCode, validate_server_message
-from tests.live_server import free_port, isolated_env
+from tests.live_server import free_port, isolated_env, server_command
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def server(tmp_path_factory) -> Iterator[dict[str, str]]:
     port = free_port()
     log = open(tmp / "daphne.log", "w")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "lingecho.asgi:application"],
+        server_command(port),
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -1,0 +1,106 @@
+"""``python -m lingecho.server``: daphne, with its periodic connection sweeps spread out.
+
+Takes exactly daphne's command line (``-b``, ``-p``, ``--ping-interval``, …); ``make run`` uses it.
+
+Why: daphne checks every connection in one pass each second (reap finished applications) and
+every two seconds (timeouts, protocol pings). With thousands of open sockets each pass holds the
+event loop for several milliseconds and sends hundreds of protocol pings in one burst, and every
+message that arrives meanwhile waits: that is the tail of the ping → pong round trip under load
+(bench/signaling.py). Here each pass is cut into ``SWEEP_STEPS`` slices run one after another
+across the same period, so every connection is still checked once per period while the loop is
+never held for more than a slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from asyncio import CancelledError as AsyncioCancelledError
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from twisted.internet import reactor
+
+logger = logging.getLogger(__name__)
+
+SWEEP_STEPS = 20
+
+
+class _Sweep:
+    """Visit a snapshot of the server's connections a slice at a time over ``period`` seconds."""
+
+    def __init__(self, server: Server, period: float, visit: Callable[[object, dict], None]) -> None:
+        self.server = server
+        self.period = period
+        self.visit = visit
+        self.pending: list[object] = []
+        self.per_step = 0
+
+    def step(self) -> None:
+        try:
+            if not self.pending:
+                self.pending = list(self.server.connections)
+                self.per_step = max(1, math.ceil(len(self.pending) / SWEEP_STEPS))
+            batch, self.pending = self.pending[: self.per_step], self.pending[self.per_step :]
+            for protocol in batch:
+                details = self.server.connections.get(protocol)
+                if details is not None:  # gone since the snapshot: nothing left to check
+                    self.visit(protocol, details)
+        finally:
+            reactor.callLater(self.period / SWEEP_STEPS, self.step)
+
+
+class SlicedSweepServer(Server):
+    """daphne's Server whose per-connection sweeps run in slices (see the module docstring)."""
+
+    def run(self) -> None:
+        # daphne's run() schedules its own one-pass checkers; ours replace them (see below).
+        reactor.callLater(1 / SWEEP_STEPS, _Sweep(self, 1.0, self._check_application).step)
+        reactor.callLater(2 / SWEEP_STEPS, _Sweep(self, 2.0, lambda protocol, _: protocol.check_timeouts()).step)
+        super().run()
+
+    def application_checker(self) -> None:
+        """Replaced by the sliced sweep started in run()."""
+
+    def timeout_checker(self) -> None:
+        """Replaced by the sliced sweep started in run()."""
+
+    def _check_application(self, protocol: object, details: dict) -> None:
+        """One connection's share of daphne's application check: kill late closers, reap finished apps."""
+        disconnected = details.get("disconnected")
+        instance = details.get("application_instance")
+        overdue = disconnected and time.time() - disconnected > self.application_close_timeout
+        if overdue and instance is not None and not instance.done():
+            logger.warning("application for %r took too long to shut down and was killed", protocol)
+            instance.cancel()
+        if instance is not None and instance.done():
+            self._report_application_end(protocol, instance, disconnected)
+            del details["application_instance"]
+            instance = None
+        if instance is None and disconnected:
+            del self.connections[protocol]
+
+    def _report_application_end(self, protocol: object, instance: object, disconnected: float | None) -> None:
+        try:
+            exception = instance.exception()
+        except (CancelledError, AsyncioCancelledError):
+            return
+        if exception is None:
+            return
+        if isinstance(exception, KeyboardInterrupt):  # a test asking the server to exit
+            self.stop()
+            return
+        logger.error("Exception inside application: %s", exception, exc_info=exception)
+        if not disconnected:
+            protocol.handle_exception(exception)
+
+
+class LingEchoServerCLI(CommandLineInterface):
+    server_class = SlicedSweepServer
+
+
+if __name__ == "__main__":
+    LingEchoServerCLI.entrypoint()
