@@ -39,6 +39,12 @@ def scenario(db):
 
 
 @pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """PBKDF2's million rounds cost about half a second per user or login; no test here is about hashing."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _isolated_media(settings, tmp_path):
     """Every test writes stored files into its own folder."""
     settings.MEDIA_ROOT = tmp_path / "media"
