@@ -48,6 +48,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -160,7 +165,7 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
     pendings = [[] for _ in active]
     readers = [asyncio.create_task(reader(ws, p)) for (ws, _), p in zip(active, pendings, strict=True)]
     frames = [json.dumps({"type": "ping", "session_id": sid, "data": {}}) for _, sid in active]
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, client0, t0 = cpu_seconds(pid), own_cpu_seconds(), time.perf_counter()
     interval = 1.0 / rate
     next_at = t0
     i = 0
@@ -177,6 +182,7 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
     await asyncio.sleep(0.5)
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
+    client_cpu = own_cpu_seconds() - client0
     for task in readers:
         task.cancel()
     rtts.sort()
@@ -184,7 +190,10 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
     print(f"ping load             : {sent / seconds:.0f} msg/s offered over {len(active)} sockets for {seconds:.0f} s")
     print(f"pongs received        : {len(rtts)} of {sent}")
     print(f"ping->pong RTT        : p50 {q[49]:.2f} ms, p99 {q[98]:.2f} ms (target p99 <= 10 ms)")
-    print(f"server CPU            : {cpu / elapsed * 100:.0f} % of one core at that rate")
+    print(
+        f"server CPU            : {cpu / elapsed * 100:.0f} % of one core at that rate "
+        f"(this client: {client_cpu / elapsed * 100:.0f} %; RTTs include its own delays)"
+    )
 
 
 async def throughput(conns: list[tuple[websockets.ClientConnection, str]], seconds: float, pid: int) -> None:
@@ -218,6 +227,7 @@ async def main() -> None:
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pause", type=float, default=0.0, help="wait before the ping load (to attach a profiler)")
     parser.add_argument(
         "--server", default="lingecho.server", help="module run with -m: lingecho.server (make run) or plain daphne"
     )
@@ -233,6 +243,9 @@ async def main() -> None:
             url = f"ws://127.0.0.1:{port}/ws/voice/?scenario={scenario}&token={token}"
             conns = await hold_idle(url, args.idle, proc.pid)
             if conns:
+                if args.pause:
+                    print(f"server pid {proc.pid}: ping load starts in {args.pause:.0f} s", flush=True)
+                    await asyncio.sleep(args.pause)
                 await ping_load(conns, args.rate, args.seconds, proc.pid)
                 await throughput(conns, min(args.seconds, 5.0), proc.pid)
             # Leave without disconnect messages: the server marks the sessions dropped.

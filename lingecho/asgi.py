@@ -29,3 +29,7 @@ application = EmbeddedMediaWorker(
         }
     )
 )
+
+from lingecho.gc_pauses import freeze_loaded_objects  # noqa: E402
+
+freeze_loaded_objects()

@@ -32,6 +32,7 @@ from channels.consumer import AsyncConsumer
 from channels.layers import get_channel_layer
 from django.core.cache import cache
 
+from lingecho.gc_pauses import freeze_loaded_objects
 from media_pipeline import heartbeat, metrics
 from media_pipeline.contract import MEDIA_CHANNEL, event
 from media_pipeline.outbound import pacing_stats
@@ -206,6 +207,7 @@ def warm_up_in_background() -> None:
         lower_current_thread_priority()  # native pools the models start here inherit it
         try:
             warm_up()
+            freeze_loaded_objects()  # the models' objects live as long as the process
         except Exception:  # noqa: BLE001 - the first call will load (and report) it instead
             log.exception("engine warm-up failed")
 
