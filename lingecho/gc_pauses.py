@@ -1,18 +1,25 @@
-"""Keep the objects loaded at start-up out of Python's full garbage collections.
+"""Keep long-lived objects out of Python's full garbage collections.
 
-A full collection walks every tracked object. In a server process most of them are Django's,
-the engines' and the modules' own and live as long as the process, yet each full pass re-walked
-them: with 1,000 sockets open the passes took 150–270 ms, during which no frame was read or sent
-(measured with bench/signaling.py). Moving them to the permanent generation once they are loaded
-makes each full pass walk only what connections and calls create.
+A full collection walks every tracked object and holds the event loop meanwhile. In a server
+process most objects live long: Django's, the engines', the modules', and each open socket's
+(about 150 per connection). With 5,000 sockets open a full pass took 560–840 ms and ran every
+6–8 s under a ping load, because objects that merely happen to be alive at a young collection are
+promoted and count towards the next full pass (measured with bench/signaling.py). Moving objects
+to the permanent generation makes each pass walk only what was created since.
 
-Frozen objects are never examined again, so a reference cycle among them is never freed; freezing
-right after loading (and after the engines' warm-up) keeps that to objects meant to live forever.
+Frozen objects are never examined, so a reference cycle among them that becomes garbage (a
+closed connection's, typically) stays until the next :func:`full_collection`, which the server
+runs every ``GC_FULL_COLLECTION_SECONDS``: one pause per hour by default instead of one every few
+seconds, and memory held by dead cycles bounded by the connections closed in that hour.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import time
+
+logger = logging.getLogger(__name__)
 
 
 def freeze_loaded_objects() -> int:
@@ -20,3 +27,37 @@ def freeze_loaded_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def freeze_new_objects() -> None:
+    """Move everything tracked now to the permanent generation (constant time: a list splice)."""
+    gc.freeze()
+
+
+def full_collection() -> int:
+    """Unfreeze, collect everything (the one long pause), freeze the survivors again."""
+    started = time.perf_counter()
+    gc.unfreeze()
+    found = gc.collect()
+    gc.freeze()
+    took_ms = round((time.perf_counter() - started) * 1000)
+    logger.info("full garbage collection", extra={"unreachable": found, "frozen": gc.get_freeze_count(), "ms": took_ms})
+    return found
+
+
+class Housekeeping:
+    """Freeze every ``freeze_every`` seconds; a full collection every ``full_every`` seconds."""
+
+    def __init__(self, *, freeze_every: float, full_every: float, clock=time.monotonic) -> None:
+        self.freeze_every = freeze_every
+        self.full_every = full_every
+        self.clock = clock
+        self.next_full = clock() + full_every
+
+    def step(self) -> str:
+        if self.clock() >= self.next_full:
+            self.next_full = self.clock() + self.full_every
+            full_collection()
+            return "full"
+        freeze_new_objects()
+        return "freeze"

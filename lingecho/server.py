@@ -8,7 +8,8 @@ event loop for several milliseconds and sends hundreds of protocol pings in one 
 message that arrives meanwhile waits: that is the tail of the ping → pong round trip under load
 (bench/signaling.py). Here each pass is cut into ``SWEEP_STEPS`` slices run one after another
 across the same period, so every connection is still checked once per period while the loop is
-never held for more than a slice.
+never held for more than a slice. It also keeps long-lived objects out of Python's full
+garbage collections (:mod:`lingecho.gc_pauses`), the other source of long stalls.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from concurrent.futures import CancelledError
 
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
+from django.conf import settings
 from twisted.internet import reactor
+
+from lingecho.gc_pauses import Housekeeping
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,18 @@ class SlicedSweepServer(Server):
         # daphne's run() schedules its own one-pass checkers; ours replace them (see below).
         reactor.callLater(1 / SWEEP_STEPS, _Sweep(self, 1.0, self._check_application).step)
         reactor.callLater(2 / SWEEP_STEPS, _Sweep(self, 2.0, lambda protocol, _: protocol.check_timeouts()).step)
+        if settings.GC_FREEZE_SECONDS > 0:
+            self.gc = Housekeeping(
+                freeze_every=settings.GC_FREEZE_SECONDS, full_every=settings.GC_FULL_COLLECTION_SECONDS
+            )
+            reactor.callLater(settings.GC_FREEZE_SECONDS, self._gc_step)
         super().run()
+
+    def _gc_step(self) -> None:
+        try:
+            self.gc.step()
+        finally:
+            reactor.callLater(self.gc.freeze_every, self._gc_step)
 
     def application_checker(self) -> None:
         """Replaced by the sliced sweep started in run()."""

@@ -274,6 +274,10 @@ TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
 BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
 ENGINE_WORKERS = envint("ENGINE_WORKERS", 2, minimum=1)
 ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
+# lingecho.server moves long-lived objects out of full GC passes this often (0 = off) and runs one
+# full collection (a pause of ~0.1 s per 1,000 open sockets) this often (lingecho.gc_pauses).
+GC_FREEZE_SECONDS = envfloat("GC_FREEZE_SECONDS", 30.0, minimum=0.0)
+GC_FULL_COLLECTION_SECONDS = envfloat("GC_FULL_COLLECTION_SECONDS", 3600.0, minimum=1.0)
 # Added to the nice value of engine threads so socket loops preempt them (media_pipeline.priority).
 ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
-from lingecho.gc_pauses import freeze_loaded_objects
+from lingecho.gc_pauses import Housekeeping, freeze_loaded_objects, freeze_new_objects, full_collection
 from tests.live_server import isolated_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,3 +34,38 @@ def test_the_asgi_application_freezes_what_it_loaded(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) > 100_000
+
+
+class Node:
+    """A reference cycle's member whose death a weakref can observe."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_a_frozen_cycle_outlives_young_collections_until_the_full_one():
+    """What a closed connection leaves behind: freed by the periodic full collection, not before."""
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    try:
+        freeze_new_objects()
+        del a, b
+        gc.collect(1)
+        assert alive() is not None  # frozen: young (and automatic) passes never look at it
+        assert full_collection() >= 2
+        assert alive() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_housekeeping_freezes_each_step_and_collects_fully_on_its_own_schedule(monkeypatch):
+    now = [0.0]
+    done: list[str] = []
+    monkeypatch.setattr("lingecho.gc_pauses.freeze_new_objects", lambda: done.append("freeze"))
+    monkeypatch.setattr("lingecho.gc_pauses.full_collection", lambda: done.append("full"))
+    keeper = Housekeeping(freeze_every=30, full_every=100, clock=lambda: now[0])
+    for _ in range(8):
+        now[0] += 30
+        keeper.step()
+    assert done == ["freeze", "freeze", "freeze", "full", "freeze", "freeze", "freeze", "full"]
