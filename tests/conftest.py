@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.factories import make_scenario, make_team, make_user
@@ -73,3 +75,27 @@ async def media_worker():
     await worker.ensure_started(serve_shared=True)
     yield worker
     await worker.stop()
+
+
+def _touches_the_backends(item: pytest.Item) -> bool:
+    """Whether the test reaches the database, the channel layer or the broker (what the scaled pass swaps)."""
+    return bool(
+        item.get_closest_marker("scaled")
+        or item.get_closest_marker("django_db")
+        or {"db", "transactional_db", "live_server"} & set(getattr(item, "fixturenames", ()))
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In `make test`'s scaled pass, run only what the scaled backends can change.
+
+    Pure functions, engines and wire codecs were already run in the embedded pass; running them
+    again on PostgreSQL + Redis would test nothing new and cost minutes of CI time.
+    """
+    if not os.environ.get("LINGECHO_SCALED_PASS"):
+        return
+    kept = [item for item in items if _touches_the_backends(item)]
+    deselected = [item for item in items if not _touches_the_backends(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
