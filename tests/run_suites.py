@@ -49,9 +49,10 @@ def main() -> int:
         LINGECHO_SCALED_PASS="1",
     )
     print("== scaled (PostgreSQL, Redis channel layer, Redis broker) ==", flush=True)
-    # Everything that runs in the test process (API, consumers, services, after-call jobs) runs again
-    # on PostgreSQL + Redis, plus the `scaled` tests (a real Celery worker, media workers on Redis).
-    # Other end-to-end tests start their own embedded-default servers (tests/live_server.py), so
+    # Every test that reaches the database, channel layer or broker in the test process (API,
+    # consumers, services, after-call jobs) runs again on PostgreSQL + Redis, plus the `scaled` tests
+    # (a real Celery worker, media workers on Redis). Pure functions, engines and tests against their
+    # own embedded-default live servers (tests/live_server.py) are left out by tests/conftest.py:
     # repeating them here would test nothing new and double CI time.
     scaled_status = pytest(["-m", "not slow or scaled", *extra], scaled_env)
     return status or scaled_status
