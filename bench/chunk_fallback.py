@@ -131,7 +131,9 @@ async def bench(args: argparse.Namespace) -> None:
     if args.url:
         url, token, scenario = args.url, args.token, args.scenario
     else:
-        server = LiveServer(MAX_LIVE_SESSIONS_PER_USER=str(args.clients * 2 + 10)).start()
+        extra = dict(pair.split("=", 1) for pair in args.server_env)
+        server = LiveServer(MAX_LIVE_SESSIONS_PER_USER=str(args.clients * 2 + 10), **extra).start()
+        print(f"server log: {server.dir / 'server.log'}")
         url, token, scenario = server.url, server.token("trainee"), server.scenario_id()
     try:
         scripts = make_scripts(args.seconds, variants=10)
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--ramp", type=float, default=5.0, help="spread the connects over this many seconds")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the server it starts (e.g. PYTHONASYNCIODEBUG=1)")
     parser.add_argument("--url")
     parser.add_argument("--token")
     parser.add_argument("--scenario", type=int, default=1)

@@ -264,6 +264,9 @@ CHUNK_SWEEP_SECONDS = envfloat("CHUNK_SWEEP_SECONDS", 60.0, minimum=0.05)
 CHUNK_MAX_BUFFER_BYTES = envint("CHUNK_MAX_BUFFER_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
 # Flushes of a live stream at most this often: each decodes + VAD-scores every piece buffered since (batched).
 CHUNK_DECODE_INTERVAL_MS = envint("CHUNK_DECODE_INTERVAL_MS", 500, minimum=0)
+# Threads decoding + VAD-scoring chunked streams. Their Python parts hold the GIL, so every extra
+# thread delays the loop that acknowledges chunks; one keeps up with 100 streams (bench/chunk_fallback.py).
+CHUNK_DECODE_WORKERS = envint("CHUNK_DECODE_WORKERS", 1, minimum=1)
 
 # --- engines --------------------------------------------------------------------------------
 ASR_ENGINE = envstr("ASR_ENGINE", "faster_whisper")

@@ -83,7 +83,7 @@ def executor(kind: str) -> BoundedExecutor:
     with _lock:
         pool = _executors.get(kind)
         if pool is None:
-            workers = settings.ENGINE_WORKERS
+            workers = settings.CHUNK_DECODE_WORKERS if kind == "chunk-decode" else settings.ENGINE_WORKERS
             queue = settings.ENGINE_QUEUE_DEPTH * (4 if kind == "chunk-decode" else 1)
             pool = BoundedExecutor(kind, max_workers=workers, max_queue=queue, block=True,
                                    timeout=settings.ENGINE_TIMEOUT_SECONDS)
