@@ -61,6 +61,31 @@ class _LayerlessDenier(WebsocketDenier):
     handshake would create a channel and leave a blocking receive to cancel. It needs neither."""
 
     channel_layer_alias = "__refused__"  # not a configured alias: get_channel_layer() gives None
+    close_code: int | None = None
+
+    async def connect(self) -> None:
+        await self.close(code=self.close_code)
+
+
+class RefuseAnonymous:
+    """Refuse a handshake without a user before the consumer exists, with ``close_code``.
+
+    A consumer subscribes to the channel layer before its ``connect`` runs, so refusing there
+    would still create a channel and a blocking receive on Redis for every anonymous attempt (and
+    leave it to be cancelled when the client goes away). Refused here, none of that happens.
+    """
+
+    def __init__(self, inner, *, close_code: int) -> None:
+        self.inner = inner
+        self.close_code = close_code
+
+    async def __call__(self, scope, receive, send):
+        user = scope.get("user")
+        if user is None or not user.is_authenticated:
+            denier = _LayerlessDenier()
+            denier.close_code = self.close_code
+            return await denier(scope, receive, send)
+        return await self.inner(scope, receive, send)
 
 
 class StrictOriginValidator(OriginValidator):
