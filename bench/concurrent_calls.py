@@ -6,8 +6,7 @@ pause, and repeat, so each trainee speaks about half the time. The worker is a s
 so the callers' own aiortc work does not run on the worker's event loop; both still share the
 machine's cores. Printed: server e2e turn latency (from the Utterances), the worker's outbound
 frame-interval jitter (|interval - 20 ms|) and underruns (published with its heartbeat), and
-offer → answer under load. The callers run at ``--caller-nice`` (10, like the worker's engine
-threads) so the simulation of remote browsers does not take CPU priority over the worker.
+offer → answer under load.
 
 Run: ``.venv/bin/python bench/concurrent_calls.py [--calls 20] [--seconds 60] [--codec pcma]``
 """
@@ -61,7 +60,7 @@ async def caller(layer, session_id: str, codec: str, until: float, rng: random.R
         out["done"] += 1
 
 
-async def run(calls: int, seconds: float, codec: str, caller_nice: int) -> None:
+async def run(calls: int, seconds: float, codec: str) -> None:
     from asgiref.sync import sync_to_async
     from channels.layers import get_channel_layer
     from django.core.cache import cache
@@ -70,11 +69,6 @@ async def run(calls: int, seconds: float, codec: str, caller_nice: int) -> None:
     from media_pipeline.worker import stats_key
 
     proc = start_worker_process()
-    # The callers stand in for trainees' browsers on other machines: started after the worker (which
-    # keeps normal priority), they run at the engines' lowered priority so that on this one 2-core
-    # box they do not outrank the worker's ASR/TTS threads (they would on separate machines).
-    if caller_nice:
-        os.nice(caller_nice)
     try:
         for _ in range(60):
             if await sync_to_async(live_workers)():
@@ -116,10 +110,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--codec", choices=("pcma", "opus"), default="pcma")
-    parser.add_argument("--caller-nice", type=int, default=10, help="nice value of the simulated callers (0 = off)")
     args = parser.parse_args()
     setup_django(redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/1")
-    asyncio.run(run(args.calls, args.seconds, args.codec, args.caller_nice))
+    asyncio.run(run(args.calls, args.seconds, args.codec))
 
 
 if __name__ == "__main__":

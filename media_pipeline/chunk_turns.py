@@ -50,7 +50,7 @@ from media_pipeline.executor import BoundedExecutor, EngineBusy
 from media_pipeline.recording import CallRecorder
 from media_pipeline.runtime import failure_listener
 from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
-from roleplay import conversation, selectors, services
+from roleplay import conversation, services
 from roleplay.errors import DomainError
 from roleplay.models import RealtimeSession, Utterance
 from roleplay.pages.media import media_url
@@ -163,7 +163,7 @@ class SessionInfo:
 
 @database_sync_to_async
 def load_session_info(session_id: str) -> SessionInfo:
-    session = selectors.session_with_scenario(session_id=session_id)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     scenario = session.scenario
     return SessionInfo(
         session_id=session.pk,

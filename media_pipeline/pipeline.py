@@ -36,7 +36,7 @@ from media_pipeline.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
 from media_pipeline.recording import CallRecorder, raw_recording_name
 from media_pipeline.runtime import Engines, engines_for_call, get_engines
-from roleplay import conversation, selectors, services
+from roleplay import conversation, services
 from roleplay.errors import SessionEnded
 from roleplay.models import RealtimeSession, Utterance
 
@@ -67,7 +67,7 @@ class CallInfo:
 
 @database_sync_to_async
 def load_call_info(session_id: str) -> CallInfo:
-    session = selectors.session_with_scenario(session_id=session_id)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     return CallInfo(
         started_at=session.started_at,
         language=session.scenario.language,

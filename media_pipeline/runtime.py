@@ -123,9 +123,9 @@ def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engi
 
 @database_sync_to_async
 def _scenario_of(session_id: str) -> Any:
-    from roleplay import selectors
+    from roleplay.models import RealtimeSession
 
-    return selectors.session_with_scenario(session_id=session_id).scenario
+    return RealtimeSession.objects.select_related("scenario").get(pk=session_id).scenario
 
 
 async def engines_for_call(session_id: str, *, on_error: ErrorSink | None = None,

@@ -18,7 +18,6 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from roleplay import selectors
 from roleplay.analytics import Criterion, ObjectionSpec, Spoken, compute_all, score_rubric
 from roleplay.analytics.benchmarks import as_dicts as benchmark_dicts
 from roleplay.models import RealtimeSession, SessionAnalytics, Utterance, split_phrases
@@ -101,7 +100,7 @@ def compute_session_analytics(*, session: RealtimeSession) -> dict[str, Any]:
 
 def session_analytics_compute(*, session_id: str) -> SessionAnalytics:
     """Compute and store; running it again updates the same row and keeps a manager's override."""
-    session = selectors.session_with_scenario(session_id=session_id)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     data = compute_session_analytics(session=session)
     with transaction.atomic():
         # update_or_create only writes the computed fields: override_* and retranscript stay as they are.

@@ -42,7 +42,7 @@ def _brain_for(context: ConversationContext) -> BuyerBrain:
 
 @database_sync_to_async
 def load_context(session_id: str) -> ConversationContext:
-    session = selectors.session_with_scenario(session_id=session_id)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     return ConversationContext(
         session_id=session.pk,
         brief=selectors.scenario_brief(scenario=session.scenario),
@@ -66,7 +66,7 @@ def record_trainee_turn(
     interim_count: int = 0,
     latency: dict[str, float | None] | None = None,
 ) -> Utterance:
-    session = selectors.session_with_scenario(session_id=session_id)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     if session.state == RealtimeSession.State.ENDED:
         raise SessionEnded("The session has ended.", session_id=session_id)
     return services.utterance_append(
@@ -138,7 +138,7 @@ class BuyerReply:
 
 @database_sync_to_async
 def _persist_buyer(**kwargs) -> Utterance:
-    session = selectors.session_with_scenario(session_id=kwargs.pop("session_id"))
+    session = RealtimeSession.objects.select_related("scenario").get(pk=kwargs.pop("session_id"))
     return services.utterance_append(session=session, speaker=Utterance.Speaker.BUYER, **kwargs)
 
 

@@ -23,12 +23,6 @@ def scenario_get(*, scenario_id: int | str) -> Scenario:
         raise NotFound("No such scenario.", scenario=str(scenario_id)) from None
 
 
-def session_with_scenario(*, session_id: str) -> RealtimeSession:
-    """A session with its scenario in one query, for the call machinery (the socket that asks for it
-    was authorised when it attached). Raises ``RealtimeSession.DoesNotExist``."""
-    return RealtimeSession.objects.select_related("scenario").get(pk=session_id)
-
-
 def team_member_ids(*, manager: User) -> set[int]:
     return set(Team.objects.filter(managers=manager).values_list("members__id", flat=True)) - {None}
 

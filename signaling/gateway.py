@@ -96,7 +96,7 @@ def resume_session(*, user: User, session_id: str) -> SessionInfo:
             {"reason": "not_resumable", "session": session_id[:64]},
             close_code=CloseCode.NOT_RESUMABLE,
         ) from None
-    session = selectors.session_with_scenario(session_id=session.pk)
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session.pk)
     return _info(session, resumed=True)
 
 

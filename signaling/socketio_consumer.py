@@ -443,7 +443,7 @@ def _resume_session(user: User, session_id: str) -> tuple[dict[str, str], int]:
     except SessionNotResumable as exc:
         raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, exc.message,
                             {"reason": "not_resumable", "session": session_id[:64]}) from None
-    scenario = selectors.session_with_scenario(session_id=session.pk).scenario
+    scenario = RealtimeSession.objects.select_related("scenario").get(pk=session.pk).scenario
     return _persona(scenario), scenario.max_turns
 
 
