@@ -38,5 +38,5 @@ def lower_current_thread_priority() -> None:
 
 
 def current_thread_nice() -> int:
-    """This thread's nice value (for tests and the metrics page)."""
+    """This thread's nice value (what the tests check)."""
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -94,8 +94,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if not os.environ.get("LINGECHO_SCALED_PASS"):
         return
-    kept = [item for item in items if _touches_the_backends(item)]
-    deselected = [item for item in items if not _touches_the_backends(item)]
+    kept, deselected = [], []
+    for item in items:
+        (kept if _touches_the_backends(item) else deselected).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
