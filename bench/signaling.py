@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -46,6 +47,34 @@ def rss_kb(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class PauseProbe:
+    """This client's own full garbage collections: a pause here delays every pong it reads."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append((time.perf_counter() - self._started) * 1000)
+
+    def summary(self) -> str:
+        if not self.pauses:
+            return "none"
+        return f"{len(self.pauses)}, longest {max(self.pauses):.0f} ms"
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests while ours wanted it (all cores; 0 on bare metal)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def own_cpu_seconds() -> float:
@@ -137,6 +166,10 @@ async def hold_idle(url: str, count: int, pid: int) -> list[tuple[websockets.Cli
                 return conns
             conns.append(r)
     elapsed = time.perf_counter() - started
+    # The sockets held here are the client's long-lived objects too: keep them out of its full GC
+    # passes (each walked them all, ~0.1 s per 1,000 sockets) so the RTTs measure the server.
+    gc.collect()
+    gc.freeze()
     await asyncio.sleep(2)
     grown = rss_kb(pid) - base
     print(
@@ -162,10 +195,11 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
         except websockets.ConnectionClosed:
             pass
 
+    probe = PauseProbe()
     pendings = [[] for _ in active]
     readers = [asyncio.create_task(reader(ws, p)) for (ws, _), p in zip(active, pendings, strict=True)]
     frames = [json.dumps({"type": "ping", "session_id": sid, "data": {}}) for _, sid in active]
-    cpu0, client0, t0 = cpu_seconds(pid), own_cpu_seconds(), time.perf_counter()
+    cpu0, client0, steal0, t0 = cpu_seconds(pid), own_cpu_seconds(), steal_seconds(), time.perf_counter()
     interval = 1.0 / rate
     next_at = t0
     i = 0
@@ -183,6 +217,7 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
     elapsed = time.perf_counter() - t0
     cpu = cpu_seconds(pid) - cpu0
     client_cpu = own_cpu_seconds() - client0
+    steal = steal_seconds() - steal0
     for task in readers:
         task.cancel()
     rtts.sort()
@@ -194,6 +229,8 @@ async def ping_load(conns: list[tuple[websockets.ClientConnection, str]], rate: 
         f"server CPU            : {cpu / elapsed * 100:.0f} % of one core at that rate "
         f"(this client: {client_cpu / elapsed * 100:.0f} %; RTTs include its own delays)"
     )
+    print(f"client full GC passes : {probe.summary()} during the ping load")
+    print(f"hypervisor steal      : {steal / elapsed * 100:.1f} % of one core (this VM's cores taken by other guests)")
 
 
 async def throughput(conns: list[tuple[websockets.ClientConnection, str]], seconds: float, pid: int) -> None:
@@ -222,7 +259,7 @@ async def throughput(conns: list[tuple[websockets.ClientConnection, str]], secon
     )
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--rate", type=int, default=2000)
@@ -231,9 +268,24 @@ async def main() -> None:
     parser.add_argument(
         "--server", default="lingecho.server", help="module run with -m: lingecho.server (make run) or plain daphne"
     )
+    parser.add_argument(
+        "--client-loop", choices=("uvloop", "asyncio"), default="uvloop", help="this client's event loop"
+    )
     args = parser.parse_args()
+    if args.client_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(run(args))
+    else:
+        asyncio.run(run(args))
+
+
+async def run(args: argparse.Namespace) -> None:
     limit = raise_nofile(args.idle * 2 + 256)
-    print(f"open-file limit       : {limit}, server: python -m {args.server}")
+    server = f"python -m {args.server}"
+    if args.server == "lingecho.server":
+        server += f" (SERVER_EVENT_LOOP={os.environ.get('SERVER_EVENT_LOOP', 'auto')})"
+    print(f"open-file limit       : {limit}, server: {server}, client loop: {args.client_loop}")
     # The DB on tmpfs when there is one: this measures signaling, not the disk's fsync latency
     # (every connect writes a session row and the opening line).
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -256,4 +308,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -9,7 +9,8 @@ message that arrives meanwhile waits: that is the tail of the ping → pong roun
 (bench/signaling.py). Here each pass is cut into ``SWEEP_STEPS`` slices run one after another
 across the same period, so every connection is still checked once per period while the loop is
 never held for more than a slice. It also keeps long-lived objects out of Python's full
-garbage collections (:mod:`lingecho.gc_pauses`), the other source of long stalls.
+garbage collections (:mod:`lingecho.gc_pauses`), the other source of long stalls, and runs on
+uvloop (:mod:`lingecho.event_loop`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from asyncio import CancelledError as AsyncioCancelledError
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 
-from daphne.cli import CommandLineInterface
-from daphne.server import Server
-from django.conf import settings
-from twisted.internet import reactor
+from lingecho import event_loop
 
-from lingecho.gc_pauses import Housekeeping
+# Before daphne is imported: daphne.server creates the loop Twisted's reactor runs on at import.
+EVENT_LOOP = event_loop.install()
+
+from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.server import Server  # noqa: E402
+from django.conf import settings  # noqa: E402
+from twisted.internet import reactor  # noqa: E402
+
+from lingecho.gc_pauses import Housekeeping, freeze_survivors_of_full_passes  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,7 @@ class SlicedSweepServer(Server):
     """daphne's Server whose per-connection sweeps run in slices (see the module docstring)."""
 
     def run(self) -> None:
+        logger.info("serving on the %s event loop", EVENT_LOOP)
         # daphne's run() schedules its own one-pass checkers; ours replace them (see below).
         reactor.callLater(1 / SWEEP_STEPS, _Sweep(self, 1.0, self._check_application).step)
         reactor.callLater(2 / SWEEP_STEPS, _Sweep(self, 2.0, lambda protocol, _: protocol.check_timeouts()).step)
@@ -69,6 +76,7 @@ class SlicedSweepServer(Server):
                 freeze_every=settings.GC_FREEZE_SECONDS, full_every=settings.GC_FULL_COLLECTION_SECONDS
             )
             reactor.callLater(settings.GC_FREEZE_SECONDS, self._gc_step)
+            freeze_survivors_of_full_passes()
         super().run()
 
     def _gc_step(self) -> None:

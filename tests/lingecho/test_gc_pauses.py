@@ -8,7 +8,13 @@ import sys
 import weakref
 from pathlib import Path
 
-from lingecho.gc_pauses import Housekeeping, freeze_loaded_objects, freeze_new_objects, full_collection
+from lingecho.gc_pauses import (
+    Housekeeping,
+    freeze_loaded_objects,
+    freeze_new_objects,
+    freeze_survivors_of_full_passes,
+    full_collection,
+)
 from tests.live_server import isolated_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +75,20 @@ def test_housekeeping_freezes_each_step_and_collects_fully_on_its_own_schedule(m
         now[0] += 30
         keeper.step()
     assert done == ["freeze", "freeze", "freeze", "full", "freeze", "freeze", "freeze", "full"]
+
+
+def test_survivors_of_a_full_pass_are_frozen_and_young_passes_freeze_nothing():
+    before = [[index] for index in range(1000)]
+    try:
+        freeze_survivors_of_full_passes()
+        gc.collect(1)
+        walked = {id(obj) for obj in gc.get_objects()}
+        assert id(before[0]) in walked  # a young pass leaves everything collectable
+        gc.collect(2)
+        walked = {id(obj) for obj in gc.get_objects()}
+        assert not any(id(obj) in walked for obj in before)  # survivors of the full pass: frozen
+        created_later = [0]
+        assert id(created_later) in {id(obj) for obj in gc.get_objects()}
+    finally:
+        freeze_survivors_of_full_passes(enabled=False)
+        gc.unfreeze()
