@@ -116,7 +116,7 @@ CHANNEL_CAPACITY = envint("CHANNEL_CAPACITY", 500, minimum=10)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "lingecho.channel_layer.RedisChannelLayer",
             # redis-py 8 defaults socket_timeout to 5 s, the same as channels-redis's blocking-pop
             # timeout: on a loaded machine the pop's reply comes just late and `runworker` dies with
             # "Timeout reading from ...". Give the socket a margin over the 5 s pop.

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
 from tests.factories import make_scenario, make_team, make_user
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    """Tests run on asyncio's own loop whatever was imported at collection: importing
+    ``lingecho.server`` (tests/lingecho/test_server.py) installs uvloop's policy process-wide,
+    which would otherwise put every later test on uvloop depending on collection order."""
+    return asyncio.DefaultEventLoopPolicy()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from django.db import OperationalError
 from rest_framework_simplejwt.tokens import RefreshToken
 
 from lingecho.asgi import application
+from lingecho.channel_layer import cancel_until_done
 from media_pipeline.contract import MEDIA_CHANNEL, event
 from media_pipeline.heartbeat import publish_heartbeat, withdraw_heartbeat
 from roleplay.models import RealtimeSession, Utterance
@@ -168,7 +169,7 @@ class FakeWorker:
 
     async def __aexit__(self, *exc: object) -> None:
         for task in self.tasks:
-            task.cancel()
+            await cancel_until_done(task)
         withdraw_heartbeat(worker_id="fake-1")
 
     def kinds(self) -> list[str]:
@@ -712,6 +713,19 @@ async def test_a_dropped_socket_hangs_up_the_worker_and_stays_resumable(alice, s
         await client.ws.disconnect()
         assert (await worker.wait_for("media.hangup"))["reason"] == "dropped"
         assert (await session_row(client.session_id)).state == "dropped"
+
+
+async def test_a_socket_dropped_at_any_instant_lets_its_consumer_finish(alice, scenario, settings):
+    """Dropped 0-5 ms after the last media event, while the consumer's channel-layer receive is
+    between Redis commands: on Python 3.11 that cancel could be swallowed and the consumer never
+    finished (lingecho/channel_layer.py); the stock layer hung in about one of fifteen tries."""
+    settings.MAX_LIVE_SESSIONS_PER_USER = 100  # a dropped session stays live (resumable) for a minute
+    async with FakeWorker() as worker:
+        for attempt in range(24):
+            client, _ = await start(alice, scenario)
+            await media_up(client, worker)
+            await asyncio.wait_for(client.ws.disconnect(timeout=(attempt % 6) / 1000), 10)
+            assert client.ws.future.done(), f"attempt {attempt}: the consumer is still running"
 
 
 async def test_worker_errors_and_session_end_reach_the_client(alice, scenario):
