@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lingecho import event_loop
 from lingecho.env import ConfigError
+from tests.live_server import isolated_env
 
 # What `python -m lingecho.server` runs on: the loop behind the reactor daphne installs at import.
 PROBE = (
@@ -18,13 +19,14 @@ PROBE = (
 )
 
 
-def server_loop(choice: str | None) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SERVER_EVENT_LOOP"}
+def server_loop(folder: Path, choice: str | None) -> list[str]:
+    env = isolated_env(folder)
+    env.pop("SERVER_EVENT_LOOP", None)
     if choice is not None:
         env["SERVER_EVENT_LOOP"] = choice
     done = subprocess.run(
         [sys.executable, "-c", PROBE],
-        env={**env, "DJANGO_SETTINGS_MODULE": "lingecho.settings"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -33,14 +35,14 @@ def server_loop(choice: str | None) -> list[str]:
     return done.stdout.split()
 
 
-def test_the_server_process_runs_the_reactor_on_uvloop_by_default():
-    kind, module = server_loop(None)
+def test_the_server_process_runs_the_reactor_on_uvloop_by_default(tmp_path):
+    kind, module = server_loop(tmp_path, None)
     assert kind == "uvloop"
     assert module == "uvloop"
 
 
-def test_the_standard_loop_on_request():
-    kind, module = server_loop("asyncio")
+def test_the_standard_loop_on_request(tmp_path):
+    kind, module = server_loop(tmp_path, "asyncio")
     assert kind == "asyncio"
     assert module.startswith("asyncio")
 
