@@ -73,9 +73,8 @@ class Client:
 
     async def closed(self, timeout: float = 5.0) -> int:
         """Wait for the server's close, then do what daphne does once the socket is gone: send the
-        consumer ``websocket.disconnect`` and let it finish. A consumer left waiting keeps its
-        channel-layer receive pending until the test's loop is torn down, and cancelling a Redis
-        receive there hung the scaled pass for 300 s."""
+        consumer ``websocket.disconnect`` and let it finish, rather than leave it (and its
+        channel-layer receive) running until the test's loop is torn down."""
         output = await self.ws.receive_output(timeout)
         assert output["type"] == "websocket.close", output
         await self.ws.disconnect(code=output.get("code") or 1000, timeout=timeout)
