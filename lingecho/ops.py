@@ -12,9 +12,10 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from media_pipeline.heartbeat import live_workers
+from signaling.chunk_sessions import manager as chunk_manager
 
 
 @never_cache
@@ -61,5 +62,13 @@ def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
 
-def metrics(request: HttpRequest) -> HttpResponse:
+LOOP_TASKS = Gauge("lingecho_event_loop_tasks", "asyncio tasks alive on the server's event loop")
+CHUNK_SESSIONS = Gauge("lingecho_chunk_sessions", "Socket.IO fallback sessions held by this process")
+
+
+async def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text. Async so the loop's own task count can be read where it is exact: a task
+    (or chunk session) still alive after its call ended is a leak, which the churn soak looks for."""
+    LOOP_TASKS.set(len(asyncio.all_tasks()))
+    CHUNK_SESSIONS.set(len(chunk_manager.sessions))
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

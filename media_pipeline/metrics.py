@@ -68,3 +68,4 @@ OUTBOUND_UNDERRUNS_TOTAL = Counter(
     "lingecho_outbound_underruns_total", "Outbound 20 ms frames sent as silence because TTS audio was late"
 )
 ACTIVE_CALLS = Gauge("lingecho_active_calls", "Calls with a live media pipeline in this process")
+PEER_CONNECTIONS = Gauge("lingecho_peer_connections", "aiortc peer connections of this process not yet closed")

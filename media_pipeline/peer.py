@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 from django.conf import settings
+
+from media_pipeline import metrics
 
 SUPPORTED = {"pcma": "audio/PCMA", "opus": "audio/opus"}
 CODEC_RATES = {"pcma": 8000, "opus": 48000}
@@ -58,9 +61,23 @@ def ice_servers() -> list[RTCIceServer]:
     return servers
 
 
+# Every peer connection this process made and has not yet garbage-collected; /metrics reports the
+# ones not closed, so a churn soak can see a call whose peer outlived it.
+_peers: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+
+
+def open_peer_connections() -> int:
+    return sum(1 for pc in list(_peers) if pc.connectionState != "closed")
+
+
+metrics.PEER_CONNECTIONS.set_function(open_peer_connections)
+
+
 def new_peer_connection() -> RTCPeerConnection:
     # An explicit (possibly empty) list: leaving iceServers unset silently adds stun.l.google.com.
-    return RTCPeerConnection(configuration=RTCConfiguration(iceServers=ice_servers()))
+    pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=ice_servers()))
+    _peers.add(pc)
+    return pc
 
 
 # --------------------------------------------------------------------------------------------
