@@ -174,6 +174,9 @@ class RealtimeSession(models.Model):
         MAX_TURNS = "max_turns", _("Turn limit reached")
         TIME_LIMIT = "time_limit", _("Time limit reached")
         BUYER_ENDED = "buyer_ended", _("Ended by the buyer")
+        DROPPED = "dropped", _("Connection lost")
+        ABANDONED = "abandoned", _("Never joined")
+        SERVER_SHUTDOWN = "server_shutdown", _("Server shut down")
 
     class Processing(models.TextChoices):
         PENDING = "pending", _("Waiting")
@@ -194,7 +197,17 @@ class RealtimeSession(models.Model):
     seed = models.PositiveIntegerField(default=0)
     audio_metadata = models.JSONField(default=dict, blank=True)
     recording = models.FileField(upload_to="recordings/", blank=True)
-    processing = models.CharField(max_length=8, choices=Processing.choices, default=Processing.PENDING)
+    # Lifecycle (roleplay/lifecycle.py): a session created over REST is not joined until a socket
+    # attaches (``joined_at``); ``owner`` is the server process holding its socket, which publishes a
+    # heartbeat, so a session whose process died can be told from one whose trainee is just quiet.
+    joined_at = models.DateTimeField(null=True, blank=True)
+    owner = models.CharField(max_length=100, blank=True)
+    processing = models.CharField(
+        max_length=8, choices=Processing.choices, default=Processing.PENDING, db_index=True
+    )
+    # A run marked RUNNING holds this lease and renews it at every step; a lease that ran out means
+    # its worker died, and the sweeper dispatches the job again.
+    processing_lease_until = models.DateTimeField(null=True, blank=True)
     processing_progress = models.PositiveSmallIntegerField(default=0)
     processing_detail = models.CharField(max_length=200, blank=True)
     archive_prefix = models.CharField(max_length=200, blank=True)
