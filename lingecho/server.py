@@ -32,6 +32,7 @@ from daphne.server import Server  # noqa: E402
 from django.conf import settings  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 
+from lingecho.access_log import routed_through_logging  # noqa: E402
 from lingecho.gc_pauses import Housekeeping, freeze_survivors_of_full_passes  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,15 @@ class SlicedSweepServer(Server):
 
 
 class LingEchoServerCLI(CommandLineInterface):
+    """daphne's command line serving :class:`SlicedSweepServer`, its access log routed through logging."""
+
     server_class = SlicedSweepServer
+
+    def __init__(self) -> None:
+        super().__init__()
+        # daphne's run() builds its access log from -v/--access-log as a raw stdout/file writer and
+        # passes it to server_class(action_logger=...): swap it for the redacted one (lingecho.access_log).
+        self.server_class = routed_through_logging(type(self).server_class)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,12 @@ LOGOUT_REDIRECT_URL = "/login/"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# Proxies in front of the server whose X-Forwarded-For entries are trusted (0 = use REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
+# Sign-in (page and token endpoint): failed attempts allowed per window, per username and per address.
+LOGIN_FAILURES_PER_USERNAME = envint("LOGIN_FAILURES_PER_USERNAME", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = envint("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", 300, minimum=10)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework_simplejwt.authentication.JWTAuthentication",
@@ -214,6 +220,9 @@ REST_FRAMEWORK = {
         "user": envstr("API_RATE_USER", "600/min"),
         "anon": envstr("API_RATE_ANON", "60/min"),
     },
+    # DRF identifies anonymous clients the same way our login limits do (roleplay.login_limits):
+    # 0 = REMOTE_ADDR; without it DRF trusts whatever X-Forwarded-For a client sends.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=envint("JWT_ACCESS_MINUTES", 60, minimum=1)),
@@ -333,7 +342,9 @@ POSTPROCESS_SWEEP_GRACE_SECONDS = envint("POSTPROCESS_SWEEP_GRACE_SECONDS", 600,
 # Without a broker, run after-call jobs on a background thread of the server (not inside the call's end).
 POSTPROCESS_EAGER_IN_BACKGROUND = envbool("POSTPROCESS_EAGER_IN_BACKGROUND", True)
 POSTPROCESS_TEST_STEP_DELAY_SECONDS = envfloat("POSTPROCESS_TEST_STEP_DELAY_SECONDS", 0.0, minimum=0.0)  # tests only
-LINGECHO_DEMO_PASSWORD = envstr("LINGECHO_DEMO_PASSWORD", "lingecho-demo")
+# Demo users get the published password only where that is harmless: the embedded default, or when the
+# operator sets it explicitly. Empty = create_demo_data makes no users (roleplay.demo_data).
+LINGECHO_DEMO_PASSWORD = envstr("LINGECHO_DEMO_PASSWORD") or ("" if _database_url else "lingecho-demo")
 
 # --- logging --------------------------------------------------------------------------------
 LOGGING = {
@@ -343,10 +354,27 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"handlers": ["console"], "level": "INFO", "propagate": False}},
+    "loggers": {
+        "django.channels.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The server's access log (lingecho.access_log), redacted like every other line.
+        "lingecho.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- HTTPS ----------------------------------------------------------------------------------
+# Off by default: `make run` serves plain HTTP on 127.0.0.1. Behind a TLS-terminating proxy, set
+# LINGECHO_HTTPS=1: cookies only travel over HTTPS, browsers remember to use HTTPS (HSTS), and the
+# proxy's X-Forwarded-Proto tells Django the request was secure. The proxy must overwrite that header.
+LINGECHO_HTTPS = envbool("LINGECHO_HTTPS", False)
+if LINGECHO_HTTPS:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
