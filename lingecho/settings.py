@@ -258,6 +258,8 @@ WS_IDLE_TIMEOUT_SECONDS = envfloat("WS_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 SESSION_RESUME_SECONDS = envint("SESSION_RESUME_SECONDS", 60, minimum=0)
 MAX_LIVE_SESSIONS_PER_USER = envint("MAX_LIVE_SESSIONS_PER_USER", 3, minimum=1)
 MAX_AUDIO_DURATION_MS = envint("MAX_AUDIO_DURATION_MS", 30000, minimum=1000)
+# tts_requests a session may have queued in the media worker at once; more are ERR_RATE_LIMIT.
+MAX_PENDING_TTS_REQUESTS = envint("MAX_PENDING_TTS_REQUESTS", 2, minimum=1)
 
 # ICE: never a public STUN server by default (empty = host candidates only).
 ICE_SERVERS_URLS = envlist("ICE_SERVERS")

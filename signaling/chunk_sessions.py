@@ -7,9 +7,14 @@ next offset, with nothing lost and nothing heard twice.
 
 Offsets are chunk indexes (0, 1, 2, ... of one recorder stream). The manager accepts each index
 once: a repeat is acknowledged and ignored; an index ahead of the next expected one is held
-(bounded) and the gap is reported so the client can resend; when the gap is filled the held
-chunks follow in order. In-order bytes wait in ``buffer`` until a flush hands them to the
-session's consumer of audio (decoder → VAD → turn logic), one flush at a time per session:
+and the gap is reported so the client can resend; when the gap is filled the held chunks follow
+in order. Only a window of ``OFFSET_WINDOW`` indexes past the next expected one is held (32 s of
+250 ms pieces): an offset beyond it is refused (``ERR_INVALID_MESSAGE``), so the held chunks are
+at most that many and finding a gap costs at most that many steps, whatever offset a client
+sends (2**62 once walked every index in between on the event loop).
+
+In-order bytes wait in ``buffer`` until a flush hands them to the session's consumer of audio
+(decoder → VAD → turn logic), one flush at a time per session:
 
 - as soon as the previous flush has been processed (so a slow moment batches chunks instead
   of queueing tasks) and at most once per ``CHUNK_DECODE_INTERVAL_MS`` (so a live stream of
@@ -48,6 +53,7 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+OFFSET_WINDOW = 128  # how far past the next expected offset a chunk may be (and how many are held)
 MAX_GAP_REPORT = 32  # missing offsets listed in one audio-received; the client learns the rest later
 MAX_OUTBOX = 64  # events kept for a detached session until its socket comes back
 BUSY_RETRY_SECONDS = 0.25  # a saturated decoder is asked again after this long
@@ -87,7 +93,7 @@ class ChunkLimits:
     max_buffer_bytes: int
     resume_seconds: float
     decode_interval_seconds: float = 0.0  # minimum spacing of flushes while a stream is live
-
+    offset_window: int = OFFSET_WINDOW
 
     @classmethod
     def from_settings(cls) -> ChunkLimits:
@@ -198,6 +204,16 @@ class ChunkSession:
         self.touch()
         if offset < self.next_offset or offset in self.held:
             return ChunkReceipt(offset, len(data), True, self.next_offset, self._missing())
+        window = self.limits.offset_window
+        if offset - self.next_offset > window:
+            raise ChunkRefused(
+                "ERR_INVALID_MESSAGE",
+                f"Chunk {offset} is more than {window} chunks ahead of the next expected one "
+                f"({self.next_offset}); send from there.",
+                offset=offset,
+                next_offset=self.next_offset,
+                limit=window,
+            )
         pending = len(self.buffer) + sum(len(b) for b in self.held.values())
         if pending + len(data) > self.limits.max_buffer_bytes:
             raise ChunkRefused(
@@ -224,10 +240,15 @@ class ChunkSession:
         self.next_offset += 1
 
     def _missing(self) -> list[int]:
-        if not self.held:
-            return []
-        top = max(self.held)
-        return [i for i in range(self.next_offset, top) if i not in self.held][:MAX_GAP_REPORT]
+        """The first offsets not yet received below the highest held one: O(window) at most."""
+        missing: list[int] = []
+        if self.held:
+            for i in range(self.next_offset, max(self.held)):
+                if i not in self.held:
+                    missing.append(i)
+                    if len(missing) == MAX_GAP_REPORT:
+                        break
+        return missing
 
     def reset_stream(self) -> None:
         """A new recorder stream starts at offset 0 (after a server restart lost the decoder)."""
@@ -369,4 +390,7 @@ class SessionManager:
 
 manager = SessionManager()
 
-__all__ = ["ChunkLimits", "ChunkReceipt", "ChunkRefused", "ChunkSession", "ChunkSink", "SessionManager", "manager"]
+__all__ = [
+    "OFFSET_WINDOW", "ChunkLimits", "ChunkReceipt", "ChunkRefused", "ChunkSession", "ChunkSink", "SessionManager",
+    "manager",
+]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,6 +29,11 @@ MAX_SDP_CHARS = 32_000
 MAX_CANDIDATES = 64
 MAX_CANDIDATE_CHARS = 1024
 MAX_ID_CHARS = 64
+MAX_SESSION_ID_CHARS = 128  # the envelope's session_id (ours are ~30): longer is not ours, said cheaply
+MAX_SDP_MLINES = 8  # a call is one audio m-line (a browser may add data/video); dozens only cost the worker
+MAX_CLIENT_INT = 2**53 - 1  # timestamps and times: what a JavaScript number holds exactly
+MAX_JSON_DEPTH = 32  # our deepest message is 4 levels; json.loads recurses in C and blows up near 1000
+MAX_JSON_ITEMS = 2048  # strings, separators or containers in one frame: bounds what json.loads allocates
 OFFER_TIMEOUT_SECONDS = 15.0  # offer sent to a worker and no answer: ERR_WEBRTC_FAILED, back to Initialized
 
 
@@ -55,6 +62,7 @@ class CloseCode:
     """
 
     NORMAL = 1000  # disconnect from either side, or the conversation ended (max_turns / time_limit / buyer_ended)
+    GOING_AWAY = 4001  # the server is shutting down (after disconnect server_shutdown), or refused a call while it does
     POLICY = 4008  # repeated rate-limit violations
     TOO_BIG = 4009  # a frame over WS_MAX_MESSAGE_BYTES
     BAD_REQUEST = 4400  # no ?scenario= / ?session=, or an unknown scenario
@@ -67,7 +75,9 @@ class CloseCode:
 
 
 # Reasons carried by ``disconnect``. The seed lists the first three; the rest are ours.
-DISCONNECT_REASONS = ("user_requested", "timeout", "error", "max_turns", "time_limit", "buyer_ended")
+DISCONNECT_REASONS = (
+    "user_requested", "timeout", "error", "max_turns", "time_limit", "buyer_ended", "server_shutdown",
+)
 CLIENT_DISCONNECT_REASONS = ("user_requested", "timeout", "error")
 
 
@@ -86,6 +96,42 @@ class ProtocolError(Exception):
 
 def invalid(message: str, **details: Any) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_MESSAGE, message, details)
+
+
+# --- JSON shape guard -------------------------------------------------------------------------
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_shape_problem(text: str, *, max_depth: int = MAX_JSON_DEPTH, max_items: int = MAX_JSON_ITEMS) -> str | None:
+    """Why ``text`` nests too deep or holds too many values to be parsed, or None.
+
+    ``json.loads`` recurses (in C) once per nested array or object: 100,000 ``[`` raise
+    RecursionError, and a structure just under the interpreter's limit parses into an object that
+    every later recursive walk trips over. Half a million ``0,`` take ~20 ms to parse, all of it on
+    the event loop. Both are refused before parsing, with string methods only (no Python loop over
+    characters, so ~1 ms per MB): string contents are cut out (escaped backslashes and quotes first,
+    so the quotes left are the real delimiters) and what remains is counted. Brackets are walked one
+    by one only when there are more than ``max_depth`` of them, and then at most ``2 * max_items``.
+    Invalid JSON may pass (the parser refuses it); valid JSON within the bounds always does.
+    """
+    if "\\" in text:
+        text = text.replace("\\\\", "").replace('\\"', "")
+    quotes = text.count('"')
+    if quotes > 2 * max_items:
+        return f"more than {max_items} strings"
+    bare = "".join(text.split('"')[0::2]) if quotes else text
+    opens = bare.count("[") + bare.count("{")
+    closes = bare.count("]") + bare.count("}")
+    if max(opens, closes, bare.count(","), bare.count(":")) > max_items:
+        return f"more than {max_items} values"
+    if opens <= max_depth:
+        return None
+    depth = 0
+    for bracket in _BRACKETS.finditer(bare):
+        depth += 1 if bracket.group() in "[{" else -1
+        if depth > max_depth:
+            return f"nested deeper than {max_depth} levels"
+    return None
 
 
 # --- field specs ------------------------------------------------------------------------------
@@ -315,14 +361,14 @@ MESSAGE_TYPES: dict[str, MessageType] = {
             "ping",
             BOTH,
             "Heartbeat; answer with pong.",
-            client_time=Field("int", required=False, min=0),
+            client_time=Field("int", required=False, min=0, max=MAX_CLIENT_INT),
         ),
         _m(
             "pong",
             BOTH,
             "Heartbeat answer.",
-            server_time=Field("int", required=False, min=0),
-            client_time=Field("int", required=False, min=0),
+            server_time=Field("int", required=False, min=0, max=MAX_CLIENT_INT),
+            client_time=Field("int", required=False, min=0, max=MAX_CLIENT_INT),
         ),
         _m(
             "disconnect",
@@ -352,6 +398,22 @@ SERVER_TYPES = tuple(n for n, m in MESSAGE_TYPES.items() if m.direction in (S2C,
 
 def client_schema(message_type: str) -> dict[str, Field]:
     return CLIENT_SCHEMA_OVERRIDES.get(message_type, MESSAGE_TYPES[message_type].schema)
+
+
+def _check_offer(data: dict[str, Any]) -> dict[str, str]:
+    """What the field specs cannot say about an SDP: every m-line and every candidate line costs
+    the media worker a transceiver or an ICE check, so both are counted (str.count: no line split)."""
+    sdp = "\n" + data["sdp"]
+    problems: dict[str, str] = {}
+    if sdp.count("\nm=") > MAX_SDP_MLINES:
+        problems["sdp"] = f"must have at most {MAX_SDP_MLINES} m-lines"
+    elif sdp.count("\na=candidate:") + len(data.get("candidates", [])) > MAX_CANDIDATES:
+        problems["sdp"] = f"must carry at most {MAX_CANDIDATES} candidates (SDP and list together)"
+    return problems
+
+
+# Checks beyond the field specs, run once the fields are valid: message type → problems.
+CLIENT_CHECKS: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {"offer": _check_offer}
 
 
 # --- server state machine ---------------------------------------------------------------------
@@ -441,6 +503,10 @@ def parse_client_frame(text: str) -> ClientMessage:
 
     Session and state checks are the consumer's (they need the connection).
     """
+    shape = json_shape_problem(text)
+    if shape is not None:
+        raise invalid(f"The frame is not acceptable JSON: {shape}.", reason="too_complex",
+                      max_depth=MAX_JSON_DEPTH, max_items=MAX_JSON_ITEMS)
     try:
         raw = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -454,10 +520,12 @@ def parse_client_frame(text: str) -> ClientMessage:
         problems["type"] = "must be str"
     if "session_id" in raw and not isinstance(raw["session_id"], str):
         problems["session_id"] = "must be str"
+    elif len(raw.get("session_id", "")) > MAX_SESSION_ID_CHARS:
+        problems["session_id"] = f"must be at most {MAX_SESSION_ID_CHARS} long"
     if "data" in raw and not isinstance(raw["data"], dict):
         problems["data"] = "must be object"
     timestamp = raw.get("timestamp")
-    if timestamp is not None and _check_field("timestamp", Field("int", min=0), timestamp):
+    if timestamp is not None and _check_field("timestamp", Field("int", min=0, max=MAX_CLIENT_INT), timestamp):
         problems["timestamp"] = "must be a non-negative int (unix ms)"
     if raw.get("error") is not None and not isinstance(raw["error"], str):
         problems["error"] = "must be null or str"
@@ -468,6 +536,8 @@ def parse_client_frame(text: str) -> ClientMessage:
     if message_type not in CLIENT_TYPES:
         raise invalid("This message type is sent by the server only.", reason="server_only_type", type=message_type)
     problems = validate_data(client_schema(message_type), raw["data"])
+    if not problems and message_type in CLIENT_CHECKS:
+        problems = CLIENT_CHECKS[message_type](raw["data"])
     if problems:
         raise invalid(f"Invalid {message_type} data.", reason="schema", type=message_type, fields=problems)
     return ClientMessage(message_type, raw["session_id"], raw["data"], timestamp)

@@ -36,7 +36,7 @@ from roleplay.errors import LiveSessionLimit, NotFound, SessionNotFound, Session
 from roleplay.models import RealtimeSession, User
 from signaling.auth import query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
-from signaling.protocol import ErrorCode, ProtocolError, invalid
+from signaling.protocol import MAX_ID_CHARS, ErrorCode, ProtocolError, invalid
 from signaling.ratelimit import TokenBucket
 from signaling.socketio_wire import (
     ENGINEIO_VERSION,
@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 CHUNK_MS = 250  # what the page's MediaRecorder uses; advertised in audioConfig
 CONNECT_TIMEOUT_SECONDS = 10.0  # an Engine.IO socket that never sends a Socket.IO CONNECT is closed
 MAX_TEXT_CHARS = 4000
+MAX_STREAM_CHUNKS = 2**31 - 1  # offsets and totalChunks: 17 years of 250 ms pieces
 EVENTS = ("start-session", "audio-chunk", "end-session", "text-message")
 
 
@@ -90,7 +91,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if params.get("EIO") != ENGINEIO_VERSION or params.get("transport", "websocket") != "websocket":
             await self.close(code=4400)  # refused before accept: only EIO=4 over WebSocket
             return
-        self.wire = SocketIOWire()
+        self.wire = SocketIOWire(max_frame_bytes=settings.WS_MAX_MESSAGE_BYTES)
         self.sid = secrets.token_urlsafe(15)
         self.user: User | None = None
         self.chunk: ChunkSession | None = None
@@ -108,19 +109,30 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         self.heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(), name=f"sio-ping-{self.sid}")
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Decode, charge the socket's token bucket, dispatch.
+
+        Every packet costs a token, whatever it is: CONNECT (each one with a token is a database
+        query), PING, PONG, events, and frames that are not valid at all. A binary event and its
+        attachment frames are one packet, charged when complete."""
+        if self.closing:
+            return
         frame: str | bytes = text_data if text_data is not None else (bytes_data or b"")
         if len(frame) > settings.WS_MAX_MESSAGE_BYTES:
-            await self._error(invalid(
-                f"Message of {len(frame)} bytes exceeds the {settings.WS_MAX_MESSAGE_BYTES}-byte limit.",
-                limit=settings.WS_MAX_MESSAGE_BYTES,
-            ))
+            if await self._spend():
+                await self._error(invalid(
+                    f"Message of {len(frame)} bytes exceeds the {settings.WS_MAX_MESSAGE_BYTES}-byte limit.",
+                    limit=settings.WS_MAX_MESSAGE_BYTES,
+                ))
             return
         try:
             packet = self.wire.feed(frame)
         except WireError as exc:
-            await self._error(invalid(f"Malformed Socket.IO frame: {exc}"))
+            if await self._spend():
+                await self._error(invalid(f"Malformed Socket.IO frame: {exc}"))
             return
         if packet is None:
+            return
+        if not await self._spend(packet.ack_id if isinstance(packet, Event) else None):
             return
         if isinstance(packet, Pong):
             self.last_pong = time.monotonic()
@@ -153,6 +165,10 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if packet.namespace != "/":
             await self._frames(self.wire.connect_error("Invalid namespace", namespace=packet.namespace))
             return
+        if self.user is not None:
+            # One CONNECT per socket: a repeat would only cost a token check against the database.
+            await self._error(invalid("This socket is already connected; send CONNECT once."))
+            return
         user = self.scope.get("user")
         token = packet.auth.get("token") if isinstance(packet.auth, dict) else None
         if isinstance(token, str) and token:
@@ -168,10 +184,9 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if self.user is None:
             await self._error(invalid("Send a Socket.IO CONNECT (with auth) before any event."))
             return
-        if not self.bucket.take():
-            await self._rate_limited(event)
+        if event.namespace != "/":
+            await self._error(invalid("Only the default namespace / is served."), ack_id=event.ack_id)
             return
-        self.violations = 0
         handler = {
             "start-session": self.on_start_session,
             "audio-chunk": self.on_audio_chunk,
@@ -196,13 +211,14 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             raise invalid("A session is already running on this socket; end it first.")
         audio_config = _audio_config(data.get("audioConfig"))
         session_id = data.get("sessionId")
-        if session_id is not None and not isinstance(session_id, str):
-            raise invalid("sessionId must be a string or null.")
+        if session_id is not None and (not isinstance(session_id, str) or len(session_id) > MAX_ID_CHARS):
+            raise invalid(f"sessionId must be a string of at most {MAX_ID_CHARS} characters, or null.",
+                          limit=MAX_ID_CHARS)
         if session_id:
             return await self._resume(session_id, audio_config)
         scenario_id = data.get("scenarioId")
-        if not isinstance(scenario_id, (str, int)) or isinstance(scenario_id, bool) or str(scenario_id) == "":
-            raise invalid("scenarioId is required to start a new session.")
+        if not _valid_scenario_id(scenario_id):
+            raise invalid("scenarioId is required to start a new session: a positive integer.")
         session_id, persona, max_turns = await _create_session(self.user, str(scenario_id))
         turns = ChunkTurns(await load_session_info(session_id), audio_config)
         await turns.save_metadata()
@@ -257,8 +273,12 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
     async def on_audio_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
         chunk = self._session_for(data)
         offset = data.get("offset")
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise invalid("offset must be a non-negative integer (the chunk's index in the stream).")
+        if not _count(offset, 0):
+            raise invalid("offset must be a non-negative integer (the chunk's index in the stream).",
+                          limit=MAX_STREAM_CHUNKS)
+        if "totalChunks" in data and not _count(data["totalChunks"], 1):
+            raise invalid("totalChunks, when given, must be a positive integer.", offset=offset,
+                          limit=MAX_STREAM_CHUNKS)
         raw = data.get("audioData")
         if isinstance(raw, (bytes, bytearray)):
             audio = bytes(raw)
@@ -310,14 +330,23 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                                 {"session": str(requested)[:64]})
         return chunk
 
-    async def _rate_limited(self, event: Event) -> None:
+    async def _spend(self, ack_id: int | None = None) -> bool:
+        """Take a token for one packet; without one, say so (and close a socket that keeps on)."""
+        if self.bucket.take():
+            self.violations = 0
+            return True
+        await self._rate_limited(ack_id)
+        return False
+
+    async def _rate_limited(self, ack_id: int | None) -> None:
         self.violations += 1
         retry = self.bucket.retry_after_ms()
         await self._error(
             ProtocolError(ErrorCode.RATE_LIMIT, "Too many messages; slow down.", {"retry_after": retry}),
-            ack_id=event.ack_id,
+            ack_id=ack_id,
         )
         if self.violations >= settings.WS_RATE_VIOLATIONS_BEFORE_CLOSE:
+            self.closing = True  # frames already queued behind this one are not answered
             await self._frames(self.wire.disconnect())
             await self.close(code=4429)
 
@@ -382,6 +411,18 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     awaiting = now
                     next_ping = now + interval
                     await self.send(text_data=self.wire.ping())
+
+
+def _count(value: Any, minimum: int) -> bool:
+    """An integer (not a bool) between ``minimum`` and MAX_STREAM_CHUNKS."""
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_STREAM_CHUNKS
+
+
+def _valid_scenario_id(value: Any) -> bool:
+    """A scenario's primary key, as a number or a string of digits (what the page sends)."""
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
 def _audio_config(raw: Any) -> dict[str, Any]:

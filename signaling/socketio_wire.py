@@ -8,19 +8,29 @@ implementation of the protocol, so the wire strings (``0{...}`` open, ``40`` con
 
 Only the default namespace ``/`` is served. State kept here is per connection and tiny: the
 partially received binary event (its placeholders wait for their attachment frames).
+
+Decoding is hostile-input safe: :meth:`SocketIOWire.feed` raises nothing but :class:`WireError`,
+and every frame is bounded before a codec sees it (size, JSON nesting and item count via
+``signaling.protocol.json_shape_problem``, attachments, namespace, ack id), so no frame can hold
+the event loop for more than a millisecond or two.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from engineio import packet as eio
 from socketio import packet as sio
 
+from signaling.protocol import json_shape_problem
+
 ENGINEIO_VERSION = "4"
 MAX_ATTACHMENTS = 4  # an audio-chunk carries one; more is a confused or hostile client
+MAX_FRAME_BYTES = 1024 * 1024  # daphne's own frame limit; the consumer passes WS_MAX_MESSAGE_BYTES
+MAX_CONTROL_CHARS = 64  # a ping, pong or close frame carries at most a short probe string
+MAX_NAMESPACE_CHARS = 128
+MAX_ACK_ID = 2**53 - 1  # what a JavaScript client can count to
 
 
 class WireError(ValueError):
@@ -82,63 +92,87 @@ Frame = str | bytes
 class SocketIOWire:
     """Decoder state for one connection plus the encoders for everything the server sends."""
 
+    max_frame_bytes: int = MAX_FRAME_BYTES
     _pending: sio.Packet | None = field(default=None, repr=False)
 
     # --- decoding ------------------------------------------------------------------------------
     def feed(self, frame: Frame) -> Received | None:
-        """Decode one WebSocket frame; ``None`` while a binary event still waits for attachments."""
+        """Decode one WebSocket frame; ``None`` while a binary event still waits for attachments.
+
+        Raises :class:`WireError` and nothing else, whatever the frame: the codecs of
+        python-engineio/python-socketio raise ValueError, IndexError, TypeError, RecursionError…
+        on malformed input, and any of those escaping would kill the consumer (close 1011)."""
         if isinstance(frame, (bytes, bytearray)):
             return self._attachment(bytes(frame))
+        if not isinstance(frame, str):
+            raise WireError("a frame is text or bytes")
         if self._pending is not None:
             self._pending = None
             raise WireError("expected a binary attachment frame, got text")
+        if len(frame) > self.max_frame_bytes:
+            raise WireError(f"frame over {self.max_frame_bytes} bytes")
+        if frame[:1] == str(eio.MESSAGE):
+            # Parsed here rather than by eio.Packet, which would first try the whole tail as JSON.
+            return self._message(frame[1:])
+        return self._control(frame)
+
+    @staticmethod
+    def _control(frame: str) -> Received:
+        if len(frame) > MAX_CONTROL_CHARS:
+            raise WireError(f"an Engine.IO control packet is at most {MAX_CONTROL_CHARS} characters")
         try:
             packet = eio.Packet(encoded_packet=frame)
-        except (ValueError, IndexError) as exc:
-            raise WireError(f"not an Engine.IO packet: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the codec raises, the frame is malformed
+            raise WireError(f"not an Engine.IO packet: {str(exc)[:200]}") from None
         kind = packet.packet_type
+        if packet.binary:
+            raise WireError("base64 binary packets belong to the polling transport")
         if kind == eio.PONG:
             return Pong()
         if kind == eio.PING:
             return Ping(packet.data)
         if kind == eio.CLOSE:
             return Close()
-        if kind == eio.MESSAGE:
-            return self._message(packet.data)
         raise WireError(f"unexpected Engine.IO packet type {kind}")
 
-    def _message(self, data: Any) -> Received | None:
-        if isinstance(data, (dict, list)):
-            # engineio parsed the JSON tail of e.g. "4{...}": not a Socket.IO packet
-            raise WireError("Engine.IO message without a Socket.IO packet type")
-        text = str(data) if data is not None else ""
+    def _message(self, text: str) -> Received | None:
         if not text:
             raise WireError("empty Socket.IO packet")
+        problem = json_shape_problem(text)
+        if problem is not None:
+            raise WireError(f"the packet's JSON has {problem}")
         try:
             packet = sio.Packet(encoded_packet=text)
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise WireError(f"not a Socket.IO packet: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - ValueError, TypeError, RecursionError...: all malformed
+            raise WireError(f"not a Socket.IO packet: {str(exc)[:200]}") from None
         if packet.packet_type not in range(7):
-            raise WireError(f"unknown Socket.IO packet type {packet.packet_type!r}")
+            raise WireError(f"unknown Socket.IO packet type {str(packet.packet_type)[:20]!r}")
+        if packet.namespace is not None and len(packet.namespace) > MAX_NAMESPACE_CHARS:
+            raise WireError(f"namespace over {MAX_NAMESPACE_CHARS} characters")
+        if packet.id is not None and not 0 <= packet.id <= MAX_ACK_ID:
+            raise WireError(f"ack id over {MAX_ACK_ID}")
         if packet.attachment_count:
             if packet.attachment_count > MAX_ATTACHMENTS:
                 raise WireError(f"too many binary attachments ({packet.attachment_count})")
+            if packet.packet_type not in (sio.BINARY_EVENT, sio.BINARY_ACK):
+                raise WireError("only binary events and acks carry attachments")
             self._pending = packet
             return None
         return self._complete(packet)
 
     def _attachment(self, data: bytes) -> Received | None:
-        packet = self._pending
+        packet, self._pending = self._pending, None
         if packet is None:
             raise WireError("binary frame without a binary event announcing it")
+        if len(data) > self.max_frame_bytes:
+            raise WireError(f"binary attachment over {self.max_frame_bytes} bytes")
         try:
             done = packet.add_attachment(data)
-        except (ValueError, IndexError, KeyError, TypeError) as exc:
-            self._pending = None
-            raise WireError(f"bad binary attachment: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - a placeholder that points nowhere, and the like
+            raise WireError(f"bad binary attachment: {str(exc)[:200]}") from None
         if not done:
+            self._pending = packet
             return None
-        self._pending = None
         return self._complete(packet)
 
     @staticmethod
@@ -215,6 +249,8 @@ class SocketIOWire:
 
 __all__ = [
     "ENGINEIO_VERSION",
+    "MAX_ACK_ID",
+    "MAX_ATTACHMENTS",
     "Ack",
     "Close",
     "Connect",

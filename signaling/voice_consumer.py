@@ -50,6 +50,7 @@ from signaling.ratelimit import TokenBucket
 logger = logging.getLogger(__name__)
 
 WORKER_CHECK_SECONDS = 5.0  # how often a pinned worker's heartbeat is re-checked
+TTS_RETRY_AFTER_MS = 1000  # a refused tts_request: about one short sentence of speech later
 
 
 def _clock() -> float:
@@ -112,6 +113,9 @@ class VoiceConsumer(AsyncWebsocketConsumer):
         self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
         self.violations = 0
         self.pending_ice: list[dict[str, Any]] = []
+        self.trickled = 0  # ICE candidates received since the last offer
+        # request_ids of tts_requests the worker has not finished: each one is a task queued there.
+        self.pending_tts: list[str] = []
         self.next_ping = _clock() + settings.WS_PING_INTERVAL_SECONDS
         self.next_check = _clock() + WORKER_CHECK_SECONDS
         self.last_heard = _clock()
@@ -227,6 +231,7 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             )
         self.worker_channel = None
         self.pending_ice = []
+        self.trickled = 0
         await self._to_worker(
             "media.offer",
             sdp=message.data["sdp"],
@@ -245,6 +250,11 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             "sdp_mid": message.data.get("sdp_mid"),
             "sdp_mline_index": message.data.get("sdp_mline_index"),
         }
+        self.trickled += 1
+        if self.trickled > MAX_CANDIDATES:
+            # Each one is an ICE check in the worker; a real browser gathers a handful per offer.
+            raise invalid("Too many ICE candidates for this offer.", reason="too_many_candidates",
+                          limit=MAX_CANDIDATES)
         if self.worker_channel is None:
             # Trickled before the worker said who it is: held until media.pinned.
             if len(self.pending_ice) >= MAX_CANDIDATES:
@@ -279,7 +289,17 @@ class VoiceConsumer(AsyncWebsocketConsumer):
         await self._to_worker("media.asr_stop")
 
     async def on_tts_request(self, message: ClientMessage) -> None:
+        """Forwarded to the worker, at most MAX_PENDING_TTS_REQUESTS at a time: each queues a
+        synthesis task there, released by its tts_complete (or a TTS error, or a media reset)."""
         data = message.data
+        limit = settings.MAX_PENDING_TTS_REQUESTS
+        if len(self.pending_tts) >= limit:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMIT,
+                "Earlier speech requests are still being spoken; send this one when one completes.",
+                {"retry_after": TTS_RETRY_AFTER_MS, "pending": len(self.pending_tts), "limit": limit,
+                 "request_id": data["request_id"]},
+            )
         await self._to_worker(
             "media.tts_request",
             request_id=data["request_id"],
@@ -288,6 +308,7 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             speed=float(data.get("speed", 1.0)),
             pitch=float(data.get("pitch", 1.0)),
         )
+        self.pending_tts.append(data["request_id"])
         self._advance("recv:tts_request")
 
     # ==== channel-layer handlers =================================================================
@@ -309,6 +330,10 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             return
         if kind == "answer":
             self.offer_deadline = None
+        if kind == "tts_complete":
+            self._tts_done(data.get("request_id"))
+        if kind == "error" and data.get("code") == ErrorCode.TTS_FAILED:
+            self._tts_done((data.get("details") or {}).get("request_id"))
         if kind == "error":
             await self._send_raw(
                 error_envelope(self.session_id, data.get("code", ""), data.get("message", ""), data.get("details"))
@@ -392,9 +417,14 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             )
         await self.channel_layer.send(self.worker_channel, self._worker_message(kind, **data))
 
+    def _tts_done(self, request_id: Any) -> None:
+        if request_id in self.pending_tts:
+            self.pending_tts.remove(request_id)
+
     def _media_reset(self) -> None:
         self.worker_channel = None
         self.pending_ice = []
+        self.pending_tts = []
         self.offer_deadline = None
         if self.state != State.WAITING:
             self.state = MEDIA_RESET_STATE
@@ -406,6 +436,7 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             except Exception:  # noqa: BLE001 - a full or vanished worker channel must not block the close
                 logger.warning("hangup not delivered", extra={"session_id": self.session_id})
         self.worker_channel = None
+        self.pending_tts = []
 
     async def _rate_limited(self) -> None:
         self.violations += 1
