@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import transaction
 
@@ -186,11 +188,37 @@ _USERS = [
     ("trainee", "trainee", False),
     ("trainee2", "trainee", False),
 ]
+PUBLISHED_PASSWORD = "lingecho-demo"  # printed in the README: anyone knows it
+
+
+@dataclass(frozen=True)
+class DemoDataResult:
+    users: int  # demo users created or refreshed (0 when no demo password is configured)
+    scenarios: int
+    published_password_users: list[str]  # existing users still signing in with the README's password
 
 
 @transaction.atomic
-def demo_data_load() -> dict[str, int]:
+def demo_data_load() -> DemoDataResult:
+    """Scenarios and the team always; the demo users only when ``settings.LINGECHO_DEMO_PASSWORD``
+    is set, which by default it is only in the embedded default (no DATABASE_URL). A production
+    database never gets an ``admin`` whose password is printed in the README."""
     password = settings.LINGECHO_DEMO_PASSWORD
+    users = _demo_users_load(password) if password else {}
+    team, _ = Team.objects.get_or_create(name="Inside Sales")
+    if users:
+        team.managers.add(users["manager"])
+        team.members.add(users["trainee"], users["trainee2"])
+    for spec in SCENARIOS:
+        _scenario_load(spec)
+    return DemoDataResult(
+        users=len(users),
+        scenarios=len(SCENARIOS),
+        published_password_users=[] if password == PUBLISHED_PASSWORD else _published_password_users(),
+    )
+
+
+def _demo_users_load(password: str) -> dict[str, User]:
     users = {}
     for username, role, superuser in _USERS:
         user, created = User.objects.get_or_create(username=username, defaults={"role": role})
@@ -201,23 +229,27 @@ def demo_data_load() -> dict[str, int]:
         user.is_superuser = superuser
         user.save()
         users[username] = user
-    team, _ = Team.objects.get_or_create(name="Inside Sales")
-    team.managers.add(users["manager"])
-    team.members.add(users["trainee"], users["trainee2"])
+    return users
 
-    for spec in SCENARIOS:
-        spec = dict(spec)
-        objections = spec.pop("objections")
-        scenario, _ = Scenario.objects.update_or_create(slug=spec["slug"], defaults=spec)
-        scenario.objections.all().delete()
-        for order, (statement, triggers, handling) in enumerate(objections, start=1):
-            Objection.objects.create(
-                scenario=scenario, order=order, statement=statement, triggers=triggers, handling=handling
-            )
-        for order, (key, name, kind, weight, params) in enumerate(_STANDARD_RUBRIC, start=1):
-            RubricCriterion.objects.update_or_create(
-                scenario=scenario,
-                key=key,
-                defaults={"order": order, "name": name, "kind": kind, "weight": weight, "params": params},
-            )
-    return {"users": len(users), "scenarios": len(SCENARIOS)}
+
+def _published_password_users() -> list[str]:
+    """Demo accounts left from an earlier run that still accept the published password."""
+    usernames = [username for username, _, _ in _USERS]
+    return [u.username for u in User.objects.filter(username__in=usernames) if u.check_password(PUBLISHED_PASSWORD)]
+
+
+def _scenario_load(spec: dict) -> None:
+    spec = dict(spec)
+    objections = spec.pop("objections")
+    scenario, _ = Scenario.objects.update_or_create(slug=spec["slug"], defaults=spec)
+    scenario.objections.all().delete()
+    for order, (statement, triggers, handling) in enumerate(objections, start=1):
+        Objection.objects.create(
+            scenario=scenario, order=order, statement=statement, triggers=triggers, handling=handling
+        )
+    for order, (key, name, kind, weight, params) in enumerate(_STANDARD_RUBRIC, start=1):
+        RubricCriterion.objects.update_or_create(
+            scenario=scenario,
+            key=key,
+            defaults={"order": order, "name": name, "kind": kind, "weight": weight, "params": params},
+        )

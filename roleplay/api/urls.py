@@ -1,10 +1,11 @@
 from django.urls import path
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+from rest_framework_simplejwt.views import TokenRefreshView
 
 from roleplay.api import views
+from roleplay.api.auth import TokenObtainApi
 
 urlpatterns = [
-    path("auth/token/", TokenObtainPairView.as_view(), name="token_obtain"),
+    path("auth/token/", TokenObtainApi.as_view(), name="token_obtain"),
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("scenarios/", views.ScenarioListApi.as_view(), name="scenario_list"),
     path("scenarios/<int:scenario_id>/", views.ScenarioDetailApi.as_view(), name="scenario_detail"),

@@ -150,7 +150,8 @@ def test_api_docs_page_renders_without_a_cdn(client):
     assert b"cdn.jsdelivr" not in response.content
 
 
-def test_demo_data_is_idempotent_and_issue_token_works(capsys):
+def test_demo_data_is_idempotent_and_issue_token_works(capsys, settings):
+    settings.LINGECHO_DEMO_PASSWORD = "lingecho-demo"  # the embedded default's; the scaled pass has none
     call_command("create_demo_data")
     call_command("create_demo_data")
     from roleplay.models import Scenario, User
