@@ -108,6 +108,9 @@ def parse_database_url(name: str, raw: str) -> dict:
         "HOST": parsed.hostname or "",
         "PORT": str(port or ""),
         "CONN_MAX_AGE": 60,
+        # A kept connection is checked before a request uses it: after PostgreSQL restarts or the
+        # network drops, the first request reconnects instead of failing on a dead socket.
+        "CONN_HEALTH_CHECKS": True,
     }
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 
 from media_pipeline.heartbeat import live_workers
 from roleplay import conversation, selectors, services
 from roleplay.errors import LiveSessionLimit, NotFound, SessionEnded, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, User
+from signaling.db import domain_call
 from signaling.protocol import CloseCode, ErrorCode, ProtocolError
 
 
@@ -54,7 +54,7 @@ def _info(session: RealtimeSession, *, resumed: bool) -> SessionInfo:
     )
 
 
-@database_sync_to_async
+@domain_call
 def open_session(*, user: User, scenario_id: str) -> SessionInfo:
     try:
         scenario = selectors.scenario_get(scenario_id=scenario_id)
@@ -78,7 +78,7 @@ def open_session(*, user: User, scenario_id: str) -> SessionInfo:
     return _info(session, resumed=False)
 
 
-@database_sync_to_async
+@domain_call
 def resume_session(*, user: User, session_id: str) -> SessionInfo:
     try:
         session = services.session_resume(user=user, session_id=session_id)
@@ -100,12 +100,12 @@ def resume_session(*, user: User, session_id: str) -> SessionInfo:
     return _info(session, resumed=True)
 
 
-@database_sync_to_async
+@domain_call
 def mark_dropped(*, session_id: str) -> None:
     services.session_mark_dropped(session_id=session_id)
 
 
-@database_sync_to_async
+@domain_call
 def use_webrtc(*, session_id: str) -> None:
     services.session_set_transport(session_id=session_id, transport=RealtimeSession.Transport.WEBRTC)
 

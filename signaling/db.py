@@ -1,0 +1,48 @@
+"""The consumers' way to the database: ``database_sync_to_async`` that turns an outage into a coded error.
+
+When PostgreSQL restarts or the network to it blips, Django raises ``OperationalError`` (or
+``InterfaceError`` on a connection that died under it). Uncaught in a consumer that is a 1011 close
+and a traceback for every socket at once; here it becomes ``ERR_CONNECTION_FAILED`` with a
+``retry_after``, the socket stays open, and the next call gets a fresh connection (Django closes
+the broken one; ``CONN_HEALTH_CHECKS`` checks a reused one before use).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from channels.db import database_sync_to_async
+from django.db import InterfaceError, OperationalError
+
+from signaling.protocol import ErrorCode, ProtocolError
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_MS = 2000
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def database_unavailable() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.CONNECTION_FAILED,
+        "The database is unavailable right now; try again in a few seconds.",
+        {"reason": "database_unavailable", "retry_after": RETRY_AFTER_MS},
+    )
+
+
+def domain_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """Like ``database_sync_to_async``; a lost database raises :func:`database_unavailable`."""
+
+    @functools.wraps(func)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning("database unavailable in %s: %s", func.__name__, type(exc).__name__)
+            raise database_unavailable() from None
+
+    return database_sync_to_async(guarded)
