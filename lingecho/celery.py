@@ -11,11 +11,24 @@ app = Celery("lingecho")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Periodic after-call jobs (run `celery -A lingecho beat` once per deployment).
+# Periodic jobs (run `celery -A lingecho beat` once per deployment).
 app.conf.beat_schedule = {
     "purge-old-recordings": {"task": "roleplay.tasks.purge_recordings", "schedule": 6 * 3600.0},
-    "sweep-unprocessed-sessions": {"task": "roleplay.tasks.sweep_unprocessed_sessions", "schedule": 300.0},
 }
+
+
+@app.on_after_configure.connect
+def _schedule_session_sweep(sender: Celery, **_: object) -> None:
+    """End stale sessions and re-dispatch orphaned after-call jobs every ``SESSION_SWEEP_SECONDS``.
+
+    Scheduled once the configuration (Django's settings) is loaded: reading a setting while this
+    module is imported would load the settings from inside the ``lingecho`` package's own import.
+    """
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        float(settings.SESSION_SWEEP_SECONDS), sender.signature("roleplay.tasks.sweep_sessions"), name="sweep-sessions"
+    )
 
 
 @worker_process_init.connect

@@ -256,6 +256,9 @@ WS_RATE_VIOLATIONS_BEFORE_CLOSE = envint("WS_RATE_VIOLATIONS_BEFORE_CLOSE", 20, 
 WS_PING_INTERVAL_SECONDS = envfloat("WS_PING_INTERVAL_SECONDS", 20.0, minimum=0.05)
 WS_IDLE_TIMEOUT_SECONDS = envfloat("WS_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.1)
 SESSION_RESUME_SECONDS = envint("SESSION_RESUME_SECONDS", 60, minimum=0)
+# How often stale sessions are ended and orphaned after-call jobs re-dispatched (roleplay.lifecycle):
+# by Celery beat when there is a broker, else by a thread of the server process.
+SESSION_SWEEP_SECONDS = envint("SESSION_SWEEP_SECONDS", 30, minimum=1)
 MAX_LIVE_SESSIONS_PER_USER = envint("MAX_LIVE_SESSIONS_PER_USER", 3, minimum=1)
 MAX_AUDIO_DURATION_MS = envint("MAX_AUDIO_DURATION_MS", 30000, minimum=1000)
 # tts_requests a session may have queued in the media worker at once; more are ERR_RATE_LIMIT.
@@ -341,6 +344,8 @@ RUBRIC_JUDGE_MODEL = envstr("RUBRIC_JUDGE_MODEL")  # empty = OPENAI_CHAT_MODEL
 POSTPROCESS_MAX_RETRIES = envint("POSTPROCESS_MAX_RETRIES", 5, minimum=0)
 POSTPROCESS_RETRY_BACKOFF_MAX_SECONDS = envint("POSTPROCESS_RETRY_BACKOFF_MAX_SECONDS", 600, minimum=1)
 POSTPROCESS_SWEEP_GRACE_SECONDS = envint("POSTPROCESS_SWEEP_GRACE_SECONDS", 600, minimum=10)
+# A running after-call job renews this lease at every step; one whose lease ran out is re-dispatched.
+POSTPROCESS_LEASE_SECONDS = envint("POSTPROCESS_LEASE_SECONDS", 600, minimum=10)
 # Without a broker, run after-call jobs on a background thread of the server (not inside the call's end).
 POSTPROCESS_EAGER_IN_BACKGROUND = envbool("POSTPROCESS_EAGER_IN_BACKGROUND", True)
 POSTPROCESS_TEST_STEP_DELAY_SECONDS = envfloat("POSTPROCESS_TEST_STEP_DELAY_SECONDS", 0.0, minimum=0.0)  # tests only

@@ -26,6 +26,14 @@ newer recording was attached or is being written (``recording_saving_since``).
 
 Transient failures (storage ``OSError``, database ``OperationalError``) propagate to the Celery task,
 which retries with exponential backoff and finally calls ``processing_fail``.
+
+A run marked RUNNING holds a lease (``processing_lease_until``, ``POSTPROCESS_LEASE_SECONDS``) that every
+step renews and a retry extends by its backoff. A lease that ran out means the worker died without
+Celery noticing (the embedded default's background thread dies with its process; a broker may only
+redeliver after its visibility timeout): ``processing_orphans_claim`` hands such jobs, and ended
+sessions whose dispatch was lost, to the sweeper (``roleplay.lifecycle``), taking a fresh lease for
+each so the next sweep does not dispatch the same job again while it waits in a queue. Claiming a
+RUNNING session stays allowed whatever its lease: that is what a redelivered task looks like.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import logging
 import os
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -46,6 +54,7 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from media_pipeline.recording import raw_recording_name
@@ -101,9 +110,15 @@ CONTENT_TYPES = {
 # --------------------------------------------------------------------------- progress and status
 
 
+def _lease(extra_seconds: float = 0.0) -> datetime:
+    return timezone.now() + timedelta(seconds=settings.POSTPROCESS_LEASE_SECONDS + extra_seconds)
+
+
 def _progress(session_id: str, percent: int, detail: str) -> None:
+    """Publish a step and renew the lease: a run that still reports progress is alive."""
     RealtimeSession.objects.filter(pk=session_id).update(
-        processing_progress=max(0, min(100, percent)), processing_detail=detail[:200]
+        processing_progress=max(0, min(100, percent)), processing_detail=detail[:200],
+        processing_lease_until=_lease(),
     )
     logger.info("post-session %s%% %s", percent, detail, extra={"session_id": session_id})
 
@@ -135,7 +150,9 @@ def processing_claim(*, session_id: str, force: bool = False) -> int | None:
         session.processing_progress = 1
         session.processing_detail = "starting"
         session.archive_prefix = archive_prefix(session_id)
-        session.save(update_fields=["processing", "processing_progress", "processing_detail", "archive_prefix"])
+        session.processing_lease_until = _lease()
+        session.save(update_fields=["processing", "processing_progress", "processing_detail", "archive_prefix",
+                                    "processing_lease_until"])
     return session.recording_version
 
 
@@ -160,7 +177,7 @@ def processing_finish(*, session_id: str, version: int, archived: str | None, so
             return "superseded"
         fields: dict[str, Any] = {
             "processing": RealtimeSession.Processing.DONE, "processing_progress": 100, "processing_detail": "done",
-            "processed_recording_version": version,
+            "processed_recording_version": version, "processing_lease_until": None,
         }
         saving = session.recording_saving_since is not None and session.recording_saving_since > stale
         if saving:  # a newer recording is being written: leave the raw WAV and the pointer alone
@@ -179,9 +196,10 @@ def processing_finish(*, session_id: str, version: int, archived: str | None, so
 
 
 def processing_retrying(*, session_id: str, attempt: int, countdown: float, error: BaseException) -> None:
-    """Tell the results page that a transient error is being retried (and when)."""
+    """Tell the results page that a transient error is being retried (and when); the lease covers the wait."""
     RealtimeSession.objects.filter(pk=session_id).update(
-        processing_detail=f"retry {attempt} in {countdown:.0f} s after {type(error).__name__}: {error}"[:200]
+        processing_detail=f"retry {attempt} in {countdown:.0f} s after {type(error).__name__}: {error}"[:200],
+        processing_lease_until=_lease(countdown),
     )
 
 
@@ -190,22 +208,46 @@ def processing_fail(*, session_id: str, error: BaseException | str) -> None:
     detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     try:
         RealtimeSession.objects.filter(pk=session_id).update(
-            processing=RealtimeSession.Processing.FAILED, processing_detail=detail[:200]
+            processing=RealtimeSession.Processing.FAILED, processing_detail=detail[:200], processing_lease_until=None
         )
     except Exception:  # noqa: BLE001 - the database itself may be what failed; the log still has it
         logger.exception("could not record processing failure", extra={"session_id": session_id})
     logger.error("post-session processing failed: %s", detail, extra={"session_id": session_id})
 
 
-def sessions_awaiting_processing(*, grace_seconds: int | None = None) -> list[str]:
-    """Ended sessions whose processing never started (a lost dispatch, a broker outage)."""
-    grace = settings.POSTPROCESS_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    cutoff = timezone.now() - timedelta(seconds=grace)
-    return list(
-        RealtimeSession.objects.filter(
-            state=RealtimeSession.State.ENDED, processing=RealtimeSession.Processing.PENDING, ended_at__lt=cutoff
-        ).values_list("pk", flat=True)[:500]
-    )
+ORPHANS_PER_SWEEP = 500
+
+
+def processing_orphans_claim(*, every_unfinished: bool = False) -> tuple[list[str], list[str]]:
+    """Take over after-call jobs nobody is running; returns (never started, lease expired) session ids.
+
+    Never started: ended more than ``POSTPROCESS_SWEEP_GRACE_SECONDS`` ago and still pending (a lost
+    dispatch, a broker outage). Lease expired: RUNNING past its lease (the worker died). Each one
+    gets a fresh lease by a conditional update, so when two sweepers race only one dispatches it.
+    ``every_unfinished`` takes every pending or running job at once, whatever its age or lease: for
+    the start-up of a process that owns all after-call work (the embedded default), when whatever the
+    previous process had queued or was running died with it. Failed sessions are never taken.
+    """
+    now = timezone.now()
+    grace_cutoff = now - timedelta(seconds=settings.POSTPROCESS_SWEEP_GRACE_SECONDS)
+    unclaimed = Q(processing_lease_until__isnull=True) | Q(processing_lease_until__lt=now)
+    pending = Q(processing=RealtimeSession.Processing.PENDING)
+    running = Q(processing=RealtimeSession.Processing.RUNNING)
+    ended = RealtimeSession.objects.filter(state=RealtimeSession.State.ENDED)
+    if every_unfinished:
+        candidates = ended.filter(pending | running)
+    else:
+        candidates = ended.filter((pending & Q(ended_at__lt=grace_cutoff)) | running).filter(unclaimed)
+    rows = list(candidates.order_by("ended_at").values_list("pk", "processing")[:ORPHANS_PER_SWEEP])
+    never_started: list[str] = []
+    lease_expired: list[str] = []
+    for session_id, processing in rows:
+        taken = RealtimeSession.objects.filter(pk=session_id, processing=processing)
+        if not every_unfinished:
+            taken = taken.filter(unclaimed)
+        if taken.update(processing_lease_until=_lease()):
+            (lease_expired if processing == RealtimeSession.Processing.RUNNING else never_started).append(session_id)
+    return never_started, lease_expired
 
 
 # --------------------------------------------------------------------------- storage

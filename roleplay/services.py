@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from roleplay import lifecycle
 from roleplay.errors import LiveSessionLimit, PermissionDenied, SessionEnded, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, ReviewComment, Scenario, SessionAnalytics, User, Utterance
 
@@ -24,19 +24,18 @@ logger = logging.getLogger(__name__)
 LIVE_STATES = (RealtimeSession.State.LIVE, RealtimeSession.State.DROPPED)
 
 
-def _expire_stale_sessions(*, trainee: User) -> None:
-    """A dropped session past its resume window is over: end it so it stops counting as live."""
-    cutoff = timezone.now() - timedelta(seconds=settings.SESSION_RESUME_SECONDS)
-    stale = RealtimeSession.objects.filter(
-        trainee=trainee, state=RealtimeSession.State.DROPPED, last_seen_at__lt=cutoff
-    )
-    for session in stale:
-        session_end(session=session, reason=RealtimeSession.EndReason.TIMEOUT)
-
-
 @transaction.atomic
-def session_create(*, trainee: User, scenario: Scenario, transport: str, seed: int | None = None) -> RealtimeSession:
-    _expire_stale_sessions(trainee=trainee)
+def session_create(
+    *, trainee: User, scenario: Scenario, transport: str, seed: int | None = None, joined: bool = True
+) -> RealtimeSession:
+    """A new live session, owned by this process; refused past ``MAX_LIVE_SESSIONS_PER_USER``.
+
+    ``joined`` is False for a session created over REST that a socket will attach to later
+    (``session_resume``): until then no process holds it, and unjoined for ``SESSION_RESUME_SECONDS``
+    it ends as ``abandoned``. The trainee's stale sessions (``roleplay.lifecycle``) are ended first,
+    so only sessions that are really live count against the limit.
+    """
+    lifecycle.sessions_expire(trainee=trainee)
     live = RealtimeSession.objects.select_for_update().filter(trainee=trainee, state__in=LIVE_STATES).count()
     if live >= settings.MAX_LIVE_SESSIONS_PER_USER:
         raise LiveSessionLimit(
@@ -48,29 +47,41 @@ def session_create(*, trainee: User, scenario: Scenario, transport: str, seed: i
         scenario=scenario,
         transport=transport,
         seed=seed if seed is not None else random.SystemRandom().randrange(1, 2**31),
+        joined_at=timezone.now() if joined else None,
+        owner=lifecycle.process_id() if joined else "",
     )
 
 
-@transaction.atomic
 def session_resume(*, user: User, session_id: str) -> RealtimeSession:
-    """Re-attach to a live or recently dropped session of one's own."""
-    try:
-        session = RealtimeSession.objects.select_for_update().get(pk=session_id)
-    except RealtimeSession.DoesNotExist:
-        raise SessionNotFound("No such session.", session_id=session_id) from None
-    if session.trainee_id != user.pk:
-        # Same answer as a missing session: never confirm that someone else's id exists.
-        raise SessionNotFound("No such session.", session_id=session_id)
-    if session.state == RealtimeSession.State.ENDED:
-        raise SessionNotResumable("This session has ended.", session_id=session_id, reason=session.end_reason)
-    window = timedelta(seconds=settings.SESSION_RESUME_SECONDS)
-    if session.state == RealtimeSession.State.DROPPED and timezone.now() - session.last_seen_at > window:
-        session_end(session=session, reason=RealtimeSession.EndReason.TIMEOUT)
-        raise SessionNotResumable("The resume window has passed.", session_id=session_id)
-    session.state = RealtimeSession.State.LIVE
-    session.last_seen_at = timezone.now()
-    session.save(update_fields=["state", "last_seen_at"])
-    return session
+    """Attach to a live or recently dropped session of one's own (or join one created over REST).
+
+    A session that has expired by the lifecycle rules (never joined, or gone, for longer than the
+    window) is ended and refused: the end is committed before the refusal is raised, so it sticks.
+    Otherwise this process becomes the session's owner.
+    """
+    with transaction.atomic():
+        try:
+            session = RealtimeSession.objects.select_for_update().get(pk=session_id)
+        except RealtimeSession.DoesNotExist:
+            raise SessionNotFound("No such session.", session_id=session_id) from None
+        if session.trainee_id != user.pk:
+            # Same answer as a missing session: never confirm that someone else's id exists.
+            raise SessionNotFound("No such session.", session_id=session_id)
+        if session.state == RealtimeSession.State.ENDED:
+            raise SessionNotResumable("This session has ended.", session_id=session_id, reason=session.end_reason)
+        now = timezone.now()
+        judge_owner = session.state == RealtimeSession.State.LIVE and session.joined_at is not None
+        owners = lifecycle.Owners.read({session.owner}) if judge_owner else None
+        reason = lifecycle.expiry_reason(session, now=now, owners=owners)
+        if reason is None:
+            session.state = RealtimeSession.State.LIVE
+            session.last_seen_at = now
+            session.joined_at = session.joined_at or now
+            session.owner = lifecycle.process_id()
+            session.save(update_fields=["state", "last_seen_at", "joined_at", "owner"])
+            return session
+        session_end(session=session, reason=reason)
+    raise SessionNotResumable("The resume window has passed.", session_id=session_id, reason=reason)
 
 
 def session_mark_dropped(*, session_id: str) -> None:

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connections
 
 from media_pipeline.priority import lower_current_thread_priority
-from roleplay import postprocess
+from roleplay import lifecycle, postprocess
 
 logger = logging.getLogger(__name__)
 
@@ -89,15 +89,14 @@ def process_session(self, session_id: str, force: bool = False) -> str:
         raise
 
 
-@shared_task(name="roleplay.tasks.sweep_unprocessed_sessions", acks_late=True)
-def sweep_unprocessed_sessions() -> int:
-    """Dispatch sessions that ended but were never processed (a dispatch lost to a broker outage)."""
-    ids = postprocess.sessions_awaiting_processing()
-    for session_id in ids:
-        process_session.delay(session_id)
-    if ids:
-        logger.info("sweeper re-dispatched %d unprocessed sessions", len(ids))
-    return len(ids)
+@shared_task(name="roleplay.tasks.sweep_sessions", acks_late=True)
+def sweep_sessions() -> dict[str, int]:
+    """Celery beat's ``sweep-sessions``: end stale sessions, re-dispatch orphaned after-call jobs.
+
+    Scaled setup only; the embedded default runs the same sweep on a thread of the server
+    (``roleplay.lifecycle.ServerJobs``). Returns how many sessions each rule touched.
+    """
+    return lifecycle.sessions_sweep().counts()
 
 
 @shared_task(name="roleplay.tasks.purge_recordings", acks_late=True)

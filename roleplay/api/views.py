@@ -198,8 +198,8 @@ class SessionListApi(APIView):
         payload = self.CreateIn(data=request.data)
         payload.is_valid(raise_exception=True)
         scenario = selectors.scenario_get(scenario_id=payload.validated_data["scenario"])
-        session = services.session_create(
-            trainee=request.user, scenario=scenario, transport=payload.validated_data["transport"]
+        session = services.session_create(  # joined when a socket attaches with ?session=
+            trainee=request.user, scenario=scenario, transport=payload.validated_data["transport"], joined=False
         )
         return Response(SessionOut(session).data, status=status.HTTP_201_CREATED)
 

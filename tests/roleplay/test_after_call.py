@@ -19,7 +19,7 @@ from media_pipeline.retranscribe import RetranscribeOptions, load_stereo, retran
 from roleplay import services
 from roleplay.models import RealtimeSession, SessionAnalytics
 from roleplay.postprocess import archive_names
-from roleplay.tasks import process_session, retry_countdown, sweep_unprocessed_sessions
+from roleplay.tasks import process_session, retry_countdown, sweep_sessions
 from tests.audio_fixtures import speak
 from tests.roleplay.recorded_call import make_recorded_session
 
@@ -214,7 +214,7 @@ def test_the_sweeper_processes_sessions_whose_dispatch_was_lost(alice, scenario,
     fresh = services.session_create(trainee=alice, scenario=scenario, transport="text")
     RealtimeSession.objects.filter(pk=fresh.pk).update(state="ended", ended_at=timezone.now())
 
-    assert sweep_unprocessed_sessions.apply().get() == 1
+    assert sweep_sessions.apply().get()["never_processed"] == 1
     session.refresh_from_db()
     fresh.refresh_from_db()
     assert session.processing == "done"
