@@ -78,6 +78,10 @@ class SlicedSweepServer(Server):
             )
             reactor.callLater(settings.GC_FREEZE_SECONDS, self._gc_step)
             freeze_survivors_of_full_passes()
+        # Heartbeat, start-up clean-up and (no broker) the session sweep, on a thread: never on the loop.
+        from roleplay.lifecycle import server_jobs_start  # the Django apps are loaded by now
+
+        self.lifecycle = server_jobs_start()
         super().run()
 
     def _gc_step(self) -> None:

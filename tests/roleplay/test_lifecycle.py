@@ -7,9 +7,15 @@ Redis in the scaled pass: keys are per-test process ids, never a flush of a shar
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.core.cache import cache
@@ -18,6 +24,7 @@ from django.utils import timezone
 from roleplay import lifecycle, postprocess, services
 from roleplay.models import RealtimeSession
 from roleplay.tasks import process_session
+from tests.live_server import free_port, isolated_env, server_command
 from tests.roleplay.test_api import client_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
@@ -288,3 +295,84 @@ def test_the_server_thread_publishes_its_heartbeat_and_sweeps(monkeypatch):
         jobs.join(timeout=5)
     assert runs[0] == "start-up" and runs.count("sweep") >= 2
     assert time.time() - cache.get(lifecycle.HEARTBEAT_KEY + lifecycle.process_id()) < 1
+
+
+# ---- in a real server ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+LEFT_BEHIND = (
+    "from django.utils import timezone; from roleplay.models import RealtimeSession, Scenario, User; "
+    "s = RealtimeSession.objects.create(trainee=User.objects.get(username='trainee'), "
+    "scenario=Scenario.objects.filter(is_active=True).first(), joined_at=timezone.now(), owner='gone:1:dead'); "
+    "print(s.pk)"
+)
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def api(base: str, token: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://{base}{path}", data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def eventually(read, done, *, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_the_embedded_server_ends_and_processes_stale_sessions_by_itself(tmp_path):
+    """Start-up ends what a dead process left live; the server's own thread ends an unjoined session."""
+    env = isolated_env(tmp_path, SESSION_RESUME_SECONDS="1", SESSION_SWEEP_SECONDS="1", SHUTDOWN_DRAIN_SECONDS="2")
+    manage(env, "migrate", "--noinput")
+    manage(env, "create_demo_data")
+    token = manage(env, "issue_token", "trainee")
+    left_behind = manage(env, "shell", "-c", LEFT_BEHIND)
+    port = free_port()
+    base = f"127.0.0.1:{port}"
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(server_command(port), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                    time.sleep(0.2)
+
+            def session(sid: str):
+                return lambda: api(base, token, f"/api/sessions/{sid}/")
+
+            def processed(s: dict) -> bool:
+                return s["processing"] == "done"
+
+            left = eventually(session(left_behind), processed)
+            assert (left["state"], left["end_reason"], left["processing"]) == ("ended", "dropped", "done")
+
+            scenario = api(base, token, "/api/scenarios/")["results"][0]["id"]
+            created = api(base, token, "/api/sessions/", {"scenario": scenario})
+            assert created["state"] == "live"
+            later = eventually(session(created["id"]), processed)
+            assert (later["state"], later["end_reason"], later["processing"]) == ("ended", "abandoned", "done")
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
