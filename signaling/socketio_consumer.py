@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 CHUNK_MS = 250  # what the page's MediaRecorder uses; advertised in audioConfig
 CONNECT_TIMEOUT_SECONDS = 10.0  # an Engine.IO socket that never sends a Socket.IO CONNECT is closed
 MAX_TEXT_CHARS = 4000
-MAX_STREAM_CHUNKS = 2**31 - 1  # offsets and totalChunks: 17 years of 250 ms pieces
+MAX_STREAM_CHUNKS = 2**31 - 1  # totalChunks: 17 years of 250 ms pieces (offsets: the session's window)
 EVENTS = ("start-session", "audio-chunk", "end-session", "text-message")
 
 
@@ -273,10 +273,11 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
     async def on_audio_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
         chunk = self._session_for(data)
         offset = data.get("offset")
-        if not _count(offset, 0):
-            raise invalid("offset must be a non-negative integer (the chunk's index in the stream).",
-                          limit=MAX_STREAM_CHUNKS)
-        if "totalChunks" in data and not _count(data["totalChunks"], 1):
+        if not _integer(offset) or offset < 0:
+            # How far ahead is the session's to say (its window), with the offset it expects.
+            raise invalid("offset must be a non-negative integer (the chunk's index in the stream).")
+        total = data.get("totalChunks")
+        if total is not None and not (_integer(total) and 1 <= total <= MAX_STREAM_CHUNKS):
             raise invalid("totalChunks, when given, must be a positive integer.", offset=offset,
                           limit=MAX_STREAM_CHUNKS)
         raw = data.get("audioData")
@@ -413,16 +414,15 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=self.wire.ping())
 
 
-def _count(value: Any, minimum: int) -> bool:
-    """An integer (not a bool) between ``minimum`` and MAX_STREAM_CHUNKS."""
-    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_STREAM_CHUNKS
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _valid_scenario_id(value: Any) -> bool:
     """A scenario's primary key, as a number or a string of digits (what the page sends)."""
     if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
         value = int(value)
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+    return _integer(value) and 0 < value < 2**63
 
 
 def _audio_config(raw: Any) -> dict[str, Any]:
