@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from media_pipeline.contract import MEDIA_CHANNEL, to_worker
-from signaling import gateway
+from signaling import gateway, shutdown
 from signaling.auth import query_params
 from signaling.ice import ice_servers
 from signaling.protocol import (
@@ -527,3 +527,32 @@ class VoiceConsumer(AsyncWebsocketConsumer):
     async def _media_failed(self, error_type: str, message: str) -> None:
         self._media_reset()
         await self._send_error(ProtocolError(ErrorCode.WEBRTC_FAILED, message, {"error_type": error_type}))
+
+    # ==== server shutdown (signaling.shutdown) ===================================================
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """Refuse new calls while the server drains; register the others so the drain can end them."""
+        if not shutdown.accepting():
+            await self.accept()
+            await self._send_error(ProtocolError(
+                ErrorCode.CONNECTION_FAILED,
+                "The server is shutting down; reconnect shortly.",
+                {"reason": shutdown.REASON, "retry_after": shutdown.RETRY_AFTER_MS},
+            ))
+            await self.close(code=CloseCode.GOING_AWAY)
+            return
+        await super().websocket_connect(message)
+        if self.info is None or self.finished:
+            return
+        if shutdown.accepting():
+            shutdown.register(self)
+        else:  # the drain began while this call was being set up: it missed this one
+            await self.end_for_shutdown(shutdown.REASON)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        shutdown.unregister(self)
+        await super().websocket_disconnect(message)
+
+    async def end_for_shutdown(self, reason: str) -> None:
+        """As any end: the worker hangs up (and stores the recording), the session ends, the client is told."""
+        await self._finish(reason, CloseCode.GOING_AWAY)
