@@ -11,16 +11,25 @@ across the same period, so every connection is still checked once per period whi
 never held for more than a slice. It also keeps long-lived objects out of Python's full
 garbage collections (:mod:`lingecho.gc_pauses`), the other source of long stalls, and runs on
 uvloop (:mod:`lingecho.event_loop`).
+
+Graceful shutdown: on SIGTERM or SIGINT Twisted stops the reactor, whose "before shutdown" trigger
+is daphne's ``kill_all_applications``: it cancels every consumer, so none would run its disconnect
+handling. Ours first stops listening and drains the calls (:mod:`signaling.shutdown`: clients told,
+sessions ended, recordings stored, at most ``SHUTDOWN_DRAIN_SECONDS``), then cancels what is left;
+the reactor waits for the Deferred it returns. ``python -m lingecho.server`` then exits 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import os
 import time
 from asyncio import CancelledError as AsyncioCancelledError
 from collections.abc import Callable
 from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING
 
 from lingecho import event_loop
 
@@ -31,13 +40,19 @@ from daphne.cli import CommandLineInterface  # noqa: E402
 from daphne.server import Server  # noqa: E402
 from django.conf import settings  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
+from twisted.internet.defer import Deferred  # noqa: E402
+from twisted.python.failure import Failure  # noqa: E402
 
 from lingecho.access_log import routed_through_logging  # noqa: E402
 from lingecho.gc_pauses import Housekeeping, freeze_survivors_of_full_passes  # noqa: E402
 
+if TYPE_CHECKING:
+    from signaling.shutdown import DrainReport
+
 logger = logging.getLogger(__name__)
 
 SWEEP_STEPS = 20
+LATE_AFTER_CALL_GRACE_SECONDS = 0.5  # for a job dispatched after the drain's wait, before the exit
 
 
 class _Sweep:
@@ -69,6 +84,8 @@ class SlicedSweepServer(Server):
 
     def run(self) -> None:
         logger.info("serving on the %s event loop", EVENT_LOOP)
+        self.ports: list[object] = []  # the listening ports (listen_success), closed first on shutdown
+        self.drain_report: DrainReport | None = None
         # daphne's run() schedules its own one-pass checkers; ours replace them (see below).
         reactor.callLater(1 / SWEEP_STEPS, _Sweep(self, 1.0, self._check_application).step)
         reactor.callLater(2 / SWEEP_STEPS, _Sweep(self, 2.0, lambda protocol, _: protocol.check_timeouts()).step)
@@ -83,12 +100,78 @@ class SlicedSweepServer(Server):
 
         self.lifecycle = server_jobs_start()
         super().run()
+        self._exit_if_after_call_work_is_left()
 
     def _gc_step(self) -> None:
         try:
             self.gc.step()
         finally:
             reactor.callLater(self.gc.freeze_every, self._gc_step)
+
+    def listen_success(self, port: object) -> None:
+        self.ports.append(port)
+        super().listen_success(port)
+
+    # ---- graceful shutdown (see the module docstring) -------------------------------------------
+
+    def kill_all_applications(self) -> Deferred:
+        """The reactor's "before shutdown" trigger: drain the calls, then cancel every application left.
+
+        A trigger that returns a Deferred holds the shutdown (the reactor and its event loop keep
+        running) until the Deferred fires.
+        """
+        drained = Deferred.fromFuture(asyncio.ensure_future(self._drain()))
+        drained.addErrback(self._drain_failed)
+        drained.addCallback(lambda _: self._cancel_applications())
+        return drained
+
+    async def _drain(self) -> None:
+        from signaling import shutdown  # imported late: the Django apps are loaded by then
+
+        self.drain_deadline = time.monotonic() + settings.SHUTDOWN_DRAIN_SECONDS
+        for port in self.ports:
+            port.stopListening()
+        logger.info("shutting down: ending calls for up to %s s", settings.SHUTDOWN_DRAIN_SECONDS)
+        self.drain_report = await shutdown.drain(timeout=settings.SHUTDOWN_DRAIN_SECONDS)
+        logger.info("shutdown drain finished: %s", self.drain_report.summary())
+
+    @staticmethod
+    def _drain_failed(failure: Failure) -> None:
+        logger.error("shutdown drain failed", exc_info=(failure.type, failure.value, failure.getTracebackObject()))
+
+    def _cancel_applications(self) -> Deferred:
+        """daphne's kill_all_applications, minus its KeyError on connections whose instance the sweep reaped."""
+        alive = [
+            details["application_instance"]
+            for details in self.connections.values()
+            if "application_instance" in details and not details["application_instance"].done()
+        ]
+        for instance in alive:
+            instance.cancel()
+        logger.info("cancelled %d application instances left after the drain", len(alive))
+        waited = Deferred.fromFuture(asyncio.gather(*alive))
+        waited.addErrback(lambda _: None)
+        return waited
+
+    def _exit_if_after_call_work_is_left(self) -> None:
+        """After the reactor stopped: do not wait for after-call jobs past the drain deadline.
+
+        Python's exit would join the after-call thread (roleplay.tasks), running every job queued
+        there to its end, and so overrun the drain time. Every call is over by now; unfinished jobs
+        are processed by the next start-up's sweep (signaling.shutdown explains how), so the
+        process ends here if any is left (a dispatch that came after the drain's wait included).
+        """
+        report = self.drain_report
+        if report is None:
+            return
+        from roleplay.tasks import wait_for_background_jobs
+
+        grace = min(LATE_AFTER_CALL_GRACE_SECONDS, self.drain_deadline - time.monotonic())
+        if report.after_call_done and wait_for_background_jobs(grace):
+            return
+        logger.warning("after-call jobs still queued or running after the drain: left to the next start-up's sweep")
+        logging.shutdown()
+        os._exit(0)
 
     def application_checker(self) -> None:
         """Replaced by the sliced sweep started in run()."""

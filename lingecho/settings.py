@@ -295,6 +295,9 @@ ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # full collection (a pause of ~0.1 s per 1,000 open sockets) this often (lingecho.gc_pauses).
 GC_FREEZE_SECONDS = envfloat("GC_FREEZE_SECONDS", 30.0, minimum=0.0)
 GC_FULL_COLLECTION_SECONDS = envfloat("GC_FULL_COLLECTION_SECONDS", 3600.0, minimum=1.0)
+# On SIGTERM/SIGINT lingecho.server ends every call (clients told, sessions ended, recordings
+# stored) for at most this long before daphne stops; stragglers are cancelled (signaling.shutdown).
+SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 10.0, minimum=0.0)
 # Added to the nice value of engine threads so socket loops preempt them (media_pipeline.priority).
 ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)

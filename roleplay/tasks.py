@@ -103,3 +103,19 @@ def sweep_sessions() -> dict[str, int]:
 def purge_recordings() -> int:
     """Retention: remove recordings older than ``RECORDING_RETENTION_DAYS``; transcripts stay."""
     return len(postprocess.recordings_purge())
+
+
+def wait_for_background_jobs(timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the after-call jobs queued so far on this process's background
+    thread; True when none is left. For the server's graceful shutdown (``signaling.shutdown``).
+
+    One thread runs the jobs in order, so a no-op queued now finishes only after every job queued
+    before it. With a broker nothing is queued here and this returns at once.
+    """
+    marker = _background.submit(lambda: None)
+    try:
+        marker.result(timeout=max(0.0, timeout))
+    except TimeoutError:
+        marker.cancel()
+        return False
+    return True

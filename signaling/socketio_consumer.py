@@ -34,9 +34,10 @@ from media_pipeline.webm_stream import FORMATS, AudioDecodeError
 from roleplay import selectors, services
 from roleplay.errors import LiveSessionLimit, NotFound, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, User
+from signaling import shutdown
 from signaling.auth import query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
-from signaling.protocol import MAX_ID_CHARS, ErrorCode, ProtocolError, invalid
+from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid
 from signaling.ratelimit import TokenBucket
 from signaling.socketio_wire import (
     ENGINEIO_VERSION,
@@ -207,6 +208,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._frames(self.wire.ack(event.ack_id, reply if reply is not None else {"ok": True}))
 
     async def on_start_session(self, data: dict[str, Any]) -> dict[str, Any]:
+        self._refuse_during_shutdown()
         if self.chunk is not None:
             raise invalid("A session is already running on this socket; end it first.")
         audio_config = _audio_config(data.get("audioConfig"))
@@ -412,6 +414,45 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
                     awaiting = now
                     next_ping = now + interval
                     await self.send(text_data=self.wire.ping())
+
+    # --- server shutdown (signaling.shutdown) ----------------------------------------------------
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """Register the socket so the server's drain can end its session; refused while it drains."""
+        await super().websocket_connect(message)
+        if getattr(self, "wire", None) is None:  # refused by connect()
+            return
+        if shutdown.accepting():
+            shutdown.register(self)
+        else:
+            await self.close(code=CloseCode.GOING_AWAY)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        shutdown.unregister(self)
+        await super().websocket_disconnect(message)
+
+    async def end_for_shutdown(self, reason: str) -> None:
+        """End this socket's session as ``end-session`` does, then say goodbye.
+
+        The chunk session's close (signaling.chunk_sessions → media_pipeline.chunk_turns) ends the
+        session, stores the recording and emits ``session-ended`` through the channel layer; the
+        goodbye goes the same way, so this socket's loop sends it after ``session-ended``.
+        """
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None and chunk.is_owned_by(self):
+            await manager.close(chunk.session_id, reason)
+        await self.channel_layer.send(self.channel_name, {"type": "server.shutdown"})
+
+    async def server_shutdown(self, message: dict[str, Any]) -> None:
+        await self._frames(self.wire.disconnect())
+        await self.close(code=CloseCode.GOING_AWAY)
+
+    def _refuse_during_shutdown(self) -> None:
+        if not shutdown.accepting():
+            raise ProtocolError(
+                ErrorCode.CONNECTION_FAILED,
+                "The server is shutting down; start the session again shortly.",
+                {"reason": shutdown.REASON, "retry_after": shutdown.RETRY_AFTER_MS},
+            )
 
 
 def _integer(value: Any) -> bool:
