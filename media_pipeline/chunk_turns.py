@@ -284,7 +284,8 @@ class ChunkTurns:
         self.info = info
         self.session_id = info.session_id
         self.audio_config = audio_config
-        self.recorder = CallRecorder(info.session_id)
+        # Continues a recording stored by an earlier connection of this session (a resumed call).
+        self.recorder = CallRecorder(info.session_id, continue_stored=True)
         self.stream = StreamState(audio_config, self.recorder, info.elapsed_ms)
         self.ended = False
         self._closed = False
@@ -306,6 +307,7 @@ class ChunkTurns:
         self.asr = select_engine("asr", self.info.asr_engine, on_failure)
         self.tts = select_engine("tts", self.info.tts_engine, on_failure)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"turns-{self.session_id}")
+        self.recorder.start(self.info.elapsed_ms)  # segments stored as the call goes: a crash keeps them
 
     async def emit(self, name: str, data: dict[str, Any]) -> None:
         if self._emit is not None:
@@ -385,6 +387,7 @@ class ChunkTurns:
 
     async def _save_recording(self) -> None:
         try:
+            await self.recorder.stop_writing()
             name = await asyncio.to_thread(self.recorder.save)
             if name:
                 metadata = {**self._metadata(), "recording_ms": self.recorder.duration_ms}

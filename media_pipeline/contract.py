@@ -12,7 +12,8 @@ live worker.
 
 Consumer → worker (``type`` values; every message has ``session_id`` and ``reply_channel``, the
 consumer's own channel name):
-- ``media.offer``       {sdp, candidates, scenario_id, user_id}
+- ``media.offer``       {sdp, candidates, scenario_id, user_id, offer_id} — ``offer_id`` numbers the
+                         consumer's offers, so a hang-up can name the one it gives up
 - ``media.ice``         {candidate, sdp_mid, sdp_mline_index}
 - ``media.ready``       {direction}
 - ``media.asr_start``   {language, format, sample_rate, mode}
@@ -20,14 +21,21 @@ consumer's own channel name):
 - ``media.tts_request`` {request_id, text, voice, speed, pitch}
 - ``media.text_reply``  {text, message_id, response_id, utterance_id} — speak a buyer reply produced by a
                          typed turn; once played, the worker marks that utterance as voice with its played span
-- ``media.hangup``      {reason} — the session ended or the socket dropped; close the peer
+- ``media.hangup``      {reason, offer_id?} — the session ended, the socket dropped, or (with
+                         ``offer_id``) signaling gave up that offer (a media reset); the call closes
+                         unless it already answers a newer offer. Before the worker is pinned it
+                         goes to every worker (group ``MEDIA_WORKERS_GROUP``): the one holding the
+                         call closes it, the others remember it and refuse that offer if it comes
+- ``media.keepalive``   {} — signaling still has this call (every few seconds while pinned); a call
+                         nothing touched for ``MEDIA_IDLE_REAP_SECONDS`` is closed by the worker
 
 Worker → consumer:
-- ``media.pinned``      {worker_channel}
+- ``media.pinned``      {worker_channel, offer_id}
 - ``media.event``       {message: {type, data}} — a protocol message to forward to the client
                          as-is (answer, ice_candidate, connected, ready, asr_interim, asr_result,
                          text_response, tts_start, tts_complete, error)
-- ``media.session_end`` {reason} — the pipeline ended the session (max_turns, error)
+- ``media.session_end`` {reason} — the pipeline ended the session (max_turns, error), or the worker
+                         is shutting down (server_shutdown, sent by ``MediaWorker.drain``)
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from __future__ import annotations
 from typing import Any
 
 MEDIA_CHANNEL = "media"
+# Every worker's pinned channel is in this group: a hang-up for an offer nobody has pinned yet.
+MEDIA_WORKERS_GROUP = "media-workers"
 
 TO_WORKER = (
     "media.offer",
@@ -45,6 +55,7 @@ TO_WORKER = (
     "media.tts_request",
     "media.text_reply",
     "media.hangup",
+    "media.keepalive",
 )
 TO_CONSUMER = ("media.pinned", "media.event", "media.session_end")
 
@@ -58,3 +69,11 @@ def to_worker(kind: str, *, session_id: str, reply_channel: str, **data: Any) ->
 def event(message_type: str, data: dict[str, Any], *, session_id: str) -> dict[str, Any]:
     """Wrap a protocol message for the consumer to forward to its client."""
     return {"type": "media.event", "session_id": session_id, "message": {"type": message_type, "data": data}}
+
+
+def hangup(*, session_id: str, reply_channel: str, reason: str, offer_id: int | None = None) -> dict[str, Any]:
+    """``media.hangup``; with ``offer_id`` it gives up only that offer (see the module doc)."""
+    data: dict[str, Any] = {"reason": reason}
+    if offer_id is not None:
+        data["offer_id"] = offer_id
+    return to_worker("media.hangup", session_id=session_id, reply_channel=reply_channel, **data)

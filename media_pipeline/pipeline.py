@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 import uuid
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,6 @@ import numpy as np
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.utils import timezone
 
 from media_pipeline import contract, metrics
@@ -34,7 +32,7 @@ from media_pipeline.engines.tts.text import SentenceBuffer
 from media_pipeline.inbound import FinalResult, InboundAudio
 from media_pipeline.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
-from media_pipeline.recording import CallRecorder, raw_recording_name
+from media_pipeline.recording import CallRecorder
 from media_pipeline.runtime import Engines, engines_for_call, get_engines
 from roleplay import conversation, services
 from roleplay.errors import SessionEnded
@@ -93,19 +91,6 @@ def _attach_recording(session_id: str, name: str, metadata: dict[str, Any]) -> N
     services.session_attach_recording(session_id=session_id, name=name, audio_metadata=metadata)
 
 
-def _load_previous_recording(recorder: CallRecorder) -> None:
-    """A call re-offered after a peer failure continues the same recording instead of replacing it."""
-    name = raw_recording_name(recorder.session_id)
-    if not default_storage.exists(name):
-        return
-    with default_storage.open(name, "rb") as handle, wave.open(handle, "rb") as wav:
-        if wav.getnchannels() != 2 or wav.getframerate() != 16000:
-            return
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
-    recorder.add("trainee", np.ascontiguousarray(pcm[:, 0]), at_ms=0)
-    recorder.add("buyer", np.ascontiguousarray(pcm[:, 1]), at_ms=0)
-
-
 def _synthesize(engines: Engines, text: str, rate: int, voice: str, language: str, speed: float, pitch: float) -> Any:
     """One sentence -> int16 at the codec rate (runs on the TTS executor thread)."""
     started = time.perf_counter()
@@ -162,6 +147,9 @@ class CallSession:
         self.connected = False
         self.mode = "auto"
         self.closed = False
+        self.offer_id: Any = None  # the consumer's id of the offer this call answered last
+        self.last_signal = time.monotonic()  # the last message from signaling (the idle reaper reads it)
+        self.counted = False  # in the worker's ACTIVE_CALLS
         self._turns: asyncio.Queue[FinalResult] = asyncio.Queue()
         self._speaking: asyncio.Task | None = None
         self._current_turn: asyncio.Task | None = None
@@ -180,9 +168,14 @@ class CallSession:
         return int((monotonic - self.t0) * 1000)
 
     def submit(self, message: dict[str, Any]) -> None:
+        self.touch()
         if message.get("reply_channel"):
             self.reply_channel = message["reply_channel"]
         self.queue.put_nowait(message)
+
+    def touch(self) -> None:
+        """Signaling still knows this call (any message, or its keepalive)."""
+        self.last_signal = time.monotonic()
 
     async def emit(self, message_type: str, data: dict[str, Any]) -> None:
         try:
@@ -226,9 +219,11 @@ class CallSession:
     # ==== negotiation ============================================================================
 
     async def on_offer(self, message: dict[str, Any]) -> None:
+        self.offer_id = message.get("offer_id")
         await self.layer.send(
             self.reply_channel,
-            {"type": "media.pinned", "session_id": self.session_id, "worker_channel": self.worker_channel},
+            {"type": "media.pinned", "session_id": self.session_id, "worker_channel": self.worker_channel,
+             "offer_id": self.offer_id},
         )
         if self.info is None:
             try:
@@ -238,8 +233,9 @@ class CallSession:
                 await self.close("error")
                 return
             self.t0 = time.monotonic() - (timezone.now() - self.info.started_at).total_seconds()
-            self.recorder = CallRecorder(self.session_id)
-            await sync_to_async(_load_previous_recording, thread_sensitive=False)(self.recorder)
+            # A resumed call (or one re-offered here after a peer failure) continues the stored recording.
+            self.recorder = CallRecorder(self.session_id, continue_stored=True)
+            self.recorder.start(lambda: self.session_ms(time.monotonic()))
             # The scenario's engines (cloud ones wrapped with the offline ones behind them).
             self.engines = await engines_for_call(self.session_id, on_error=self.on_error, base=self.engines)
         if self.info.ended:
@@ -594,7 +590,17 @@ class CallSession:
     # ==== ending =================================================================================
 
     async def on_hangup(self, message: dict[str, Any]) -> None:
+        offer_id = message.get("offer_id")
+        if offer_id is not None and offer_id != self.offer_id:
+            return  # signaling gave up an older offer; this call already answers a newer one
         await self.close(message.get("reason") or "user_requested")
+
+    async def end_session(self, reason: str) -> None:
+        """Ask signaling to end the session (it tells the client ``disconnect`` with ``reason``); see ``_end``."""
+        try:
+            await self._end(reason)
+        except Exception:  # noqa: BLE001 - a vanished consumer: the session is ended by the sweeper instead
+            log.warning("session end not delivered", extra={"session_id": self.session_id, "reason": reason})
 
     async def _close_peer(self) -> None:
         pc, self.pc = self.pc, None
@@ -637,6 +643,7 @@ class CallSession:
     async def _save_recording(self) -> None:
         recorder = self.recorder
         self.recorder = None
+        await recorder.stop_writing()
         name = await sync_to_async(recorder.save, thread_sensitive=False)()
         if name is None:
             return

@@ -10,6 +10,12 @@ Liveness: a daemon thread publishes the heartbeat (worker id, pinned channel, ca
 because the signaling consumer refuses offers while no worker is alive; once the event loop side
 runs, a beat is only published while the loop keeps ticking, so a wedged loop stops looking alive.
 
+Calls never leak: a call that signaling gives up is hung up even before it is pinned (through the
+``MEDIA_WORKERS_GROUP`` group, see ``media_pipeline.contract``), and an idle reaper closes a call no
+signaling message (consumers send a keepalive while pinned) touched for ``MEDIA_IDLE_REAP_SECONDS``.
+``drain`` is the graceful end: no new offers, every call's client told (``disconnect`` with the
+reason), every call closed with its recording stored, the heartbeat withdrawn, within a deadline.
+
 Two ways to run it, one code path: embedded (``media_pipeline.embedded`` starts the loops inside
 the server process) and ``python manage.py runworker media`` (Channels' worker creates
 :class:`MediaWorkerConsumer` for the shared channel; its first message starts the pinned loop).
@@ -30,11 +36,12 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.cache import cache
 
 from lingecho.gc_pauses import freeze_loaded_objects
 from media_pipeline import heartbeat, metrics
-from media_pipeline.contract import MEDIA_CHANNEL, event
+from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, event
 from media_pipeline.outbound import pacing_stats
 from media_pipeline.pipeline import CallSession
 from media_pipeline.priority import lower_current_thread_priority
@@ -42,6 +49,12 @@ from media_pipeline.priority import lower_current_thread_priority
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = heartbeat.HEARTBEAT_SECONDS
+# A hang-up for an offer not taken yet is remembered this long (offers wait in the shared channel
+# for at most the channel layer's expiry, 30-60 s).
+TOMBSTONE_SECONDS = 120.0
+MAX_TOMBSTONES = 10_000
+# Group memberships expire in the channel layers (a day by default): renewed well before.
+GROUP_REFRESH_SECONDS = 600.0
 
 
 def stats_key(worker_id: str) -> str:
@@ -77,6 +90,11 @@ class MediaWorker:
         self._tasks: list[asyncio.Task] = []
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
+        self.draining = False
+        self._shared: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+        self._tombstones: dict[tuple[str, str, Any], float] = {}
+        self._group_added_at: float | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start_heartbeat(self) -> None:
@@ -113,14 +131,47 @@ class MediaWorker:
         self.last_tick = time.monotonic()
         self._tasks.append(self.loop.create_task(self._serve(self.channel), name="media-pinned"))
         if serve_shared:
-            self._tasks.append(self.loop.create_task(self._serve(MEDIA_CHANNEL), name="media-shared"))
+            self._shared = self.loop.create_task(self._serve(MEDIA_CHANNEL), name="media-shared")
+            self._tasks.append(self._shared)
         self._tasks.append(self.loop.create_task(self._tick(), name="media-tick"))
         self.start_heartbeat()
 
     async def _tick(self) -> None:
         while True:
             self.last_tick = time.monotonic()
+            try:
+                await self._join_group()
+                self.reap_idle()
+            except Exception:  # noqa: BLE001 - the tick is the liveness signal: it must keep ticking
+                log.exception("media worker tick failed")
             await asyncio.sleep(1.0)
+
+    async def _join_group(self) -> None:
+        now = time.monotonic()
+        if self._group_added_at is None or now - self._group_added_at > GROUP_REFRESH_SECONDS:
+            await self.layer.group_add(MEDIA_WORKERS_GROUP, self.channel)
+            self._group_added_at = now
+
+    def reap_idle(self) -> None:
+        """Close calls that no signaling message touched for ``MEDIA_IDLE_REAP_SECONDS`` (their consumer is gone)."""
+        limit = settings.MEDIA_IDLE_REAP_SECONDS
+        now = time.monotonic()
+        for call in list(self.sessions.values()):
+            if not call.closed and now - call.last_signal > limit:
+                log.warning("closing a call nobody signals for", extra={"session_id": call.session_id,
+                                                                        "idle_seconds": round(now - call.last_signal)})
+                self._close_later(call, "timeout", tell=("ERR_WEBRTC_FAILED", "media_idle"))
+
+    def _close_later(self, call: CallSession, reason: str, *, tell: tuple[str, str] | None = None) -> None:
+        async def run() -> None:
+            if tell is not None:  # a consumer that is still there forgets the call and may offer again
+                await call.error(tell[0], "The media connection was closed; send a new offer.",
+                                 {"error_type": tell[1]})
+            await call.close(reason)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"close-{call.session_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _serve(self, channel: str) -> None:
         while True:
@@ -137,14 +188,51 @@ class MediaWorker:
     async def stop(self) -> None:
         for call in list(self.sessions.values()):
             await call.close("error")
-        for task in self._tasks:
+        await self._stop_tasks()
+        self.loop = None
+        self.stop_heartbeat()
+
+    async def _stop_tasks(self) -> None:
+        for task in [*self._tasks, *self._closing]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._closing]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        self.loop = None
+        self._shared = None
+        with contextlib.suppress(Exception):
+            await self.layer.group_discard(MEDIA_WORKERS_GROUP, self.channel)
+
+    async def drain(self, reason: str = "server_shutdown", timeout: float | None = None) -> dict[str, Any]:
+        """End this worker gracefully within ``timeout`` (default ``SHUTDOWN_DRAIN_SECONDS``).
+
+        No new offers (the shared channel is left to other workers), each call's client told through
+        its consumer (``media.session_end``: the consumer ends the session and sends ``disconnect``
+        with ``reason``), each call closed with its recording stored, the heartbeat withdrawn. A call
+        that cannot finish in time is cancelled; its recording's segments are in storage already and
+        the after-call job joins them. Returns what happened (for logs and tests).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + (settings.SHUTDOWN_DRAIN_SECONDS if timeout is None else timeout)
+        self.draining = True
+        if self._shared is not None:
+            self._shared.cancel()
+        calls = [call for call in self.sessions.values() if not call.closed]
+        if calls:  # told first: the consumers end the sessions while the calls close here
+            await asyncio.wait([loop.create_task(c.end_session(reason)) for c in calls],
+                               timeout=max(0.05, min(1.0, deadline - loop.time())))
         self.stop_heartbeat()
+        closing = [loop.create_task(call.close(reason)) for call in calls]
+        unfinished: set[asyncio.Task] = set()
+        if closing:
+            _, unfinished = await asyncio.wait(closing, timeout=max(0.0, deadline - loop.time()))
+        for task in unfinished:
+            task.cancel()
+        await self._stop_tasks()
+        result = {"calls": len(calls), "unfinished": len(unfinished), "seconds": round(loop.time() - started, 3)}
+        log.info("media worker drained", extra={"worker_id": self.worker_id, **result})
+        return result
 
     # --- messages ---------------------------------------------------------------------------------
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -153,8 +241,15 @@ class MediaWorker:
         if not session_id or not kind.startswith("media."):
             return
         call = self.sessions.get(session_id)
+        if call is not None and call.closed:
+            call = None  # closing (its recording is being stored): a new offer starts a new call
+        if kind == "media.keepalive":
+            if call is not None:
+                call.touch()
+            return
         if call is None:
             if kind == "media.hangup":
+                self._bury(message)
                 return
             if kind != "media.offer":
                 # Pinned here but the call is gone (worker restarted with the same channel, or closed).
@@ -167,19 +262,49 @@ class MediaWorker:
                             "details": {"error_type": "unknown_session"},
                         }, session_id=session_id))
                 return
+            if self.draining:
+                # Leave it to another worker: this one is going away.
+                with contextlib.suppress(Exception):
+                    await self.layer.send(MEDIA_CHANNEL, message)
+                return
+            if self._buried(message):
+                return  # signaling gave this offer up before any worker took it
             call = CallSession(
                 session_id=session_id, layer=self.layer, worker_channel=self.channel,
                 reply_channel=message.get("reply_channel", ""),
             )
             call.on_closed = self._forget
             self.sessions[session_id] = call
+            call.counted = True
             metrics.ACTIVE_CALLS.inc()
         call.submit(message)
 
     def _forget(self, call: CallSession) -> None:
         if self.sessions.get(call.session_id) is call:
             del self.sessions[call.session_id]
+        if call.counted:
+            call.counted = False
             metrics.ACTIVE_CALLS.dec()
+
+    # --- offers given up before they were taken ---------------------------------------------------
+    @staticmethod
+    def _offer_key(message: dict[str, Any]) -> tuple[str, str, Any]:
+        return (message.get("session_id", ""), message.get("reply_channel", ""), message.get("offer_id"))
+
+    def _bury(self, message: dict[str, Any]) -> None:
+        """A hang-up for a call this worker does not hold: refuse that offer if it comes here later."""
+        if message.get("offer_id") is None:
+            return
+        now = time.monotonic()
+        if len(self._tombstones) >= MAX_TOMBSTONES:
+            self._tombstones = {k: t for k, t in self._tombstones.items() if t > now}
+            while len(self._tombstones) >= MAX_TOMBSTONES:
+                self._tombstones.pop(next(iter(self._tombstones)))
+        self._tombstones[self._offer_key(message)] = now + TOMBSTONE_SECONDS
+
+    def _buried(self, message: dict[str, Any]) -> bool:
+        until = self._tombstones.pop(self._offer_key(message), None)
+        return until is not None and until > time.monotonic()
 
 
 # --------------------------------------------------------------------------------------------

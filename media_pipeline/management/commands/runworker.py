@@ -1,0 +1,65 @@
+"""``runworker`` with a graceful end: SIGTERM/SIGINT drain the media worker, then the process exits 0.
+
+Channels' worker dies on SIGTERM with nothing cleaned up: calls cut off, recordings left to the
+after-call job, the heartbeat lingering for its TTL. This command is Channels' own (same
+arguments), with a worker that on a signal stops listening (an offer still waiting in the shared
+channel is left to the other workers) and runs ``MediaWorker.drain`` within
+``SHUTDOWN_DRAIN_SECONDS``. It overrides Channels' command because ``media_pipeline`` is listed
+before ``channels`` in ``INSTALLED_APPS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from channels.management.commands.runworker import Command as ChannelsRunworker
+from channels.worker import Worker
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+class DrainingWorker(Worker):
+    """Channels' worker; a signal stops its listeners and drains this process's media worker."""
+
+    async def handle(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        listening = asyncio.ensure_future(super().handle())
+        stop = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait({listening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if listening.done():  # a listener failed (channel layer error): as Channels would
+            stop.cancel()
+            listening.result()
+            return
+        log.info("signal received: draining the media worker")
+        from lingecho.channel_layer import cancel_until_done
+
+        await cancel_until_done(listening)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await listening
+        await drain_process_worker()
+        for details in list(self.application_instances.values()):
+            details["future"].cancel()
+
+
+async def drain_process_worker() -> None:
+    """Drain this process's media worker if it ever started; withdraw its heartbeat either way."""
+    from media_pipeline import worker
+
+    media = worker.process_worker()
+    if media.loop is None:
+        media.draining = True
+        media.stop_heartbeat()
+        return
+    await media.drain("server_shutdown", settings.SHUTDOWN_DRAIN_SECONDS)
+
+
+class Command(ChannelsRunworker):
+    help = "Run a Channels worker (e.g. `runworker media`); SIGTERM drains its calls gracefully."
+    worker_class = DrainingWorker

@@ -1,0 +1,214 @@
+"""The media worker's ends: a graceful drain, hang-ups that reach the call whatever the pinning, the idle reaper,
+and (scaled) a real ``runworker media`` process stopped with SIGTERM or killed with SIGKILL mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from media_pipeline import metrics
+from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, hangup, to_worker
+from roleplay.models import RealtimeSession
+from tests.audio_fixtures import silence, speak
+from tests.media_pipeline.live import LiveStack, WsPeer, redis_reachable, ws_connect_media
+from tests.media_pipeline.voice_client import VoiceClient, connect
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def active_calls() -> float:
+    return metrics.ACTIVE_CALLS._value.get()
+
+
+@sync_to_async
+def reload(session_id: str) -> RealtimeSession:
+    return RealtimeSession.objects.get(pk=session_id)
+
+
+async def gone(worker, session_id: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while session_id in worker.sessions and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return session_id not in worker.sessions
+
+
+async def recording_of(session_id: str, timeout: float = 10.0) -> RealtimeSession:
+    deadline = time.monotonic() + timeout
+    while True:
+        session = await reload(session_id)
+        if session.recording or time.monotonic() > deadline:
+            return session
+        await asyncio.sleep(0.05)
+
+
+async def offer(peer, client: VoiceClient, offer_id: int) -> None:
+    sdp, _ = await client.offer()
+    await peer.send("media.offer", scenario_id=0, user_id=0, offer_id=offer_id, **sdp)
+
+
+# --- drain ----------------------------------------------------------------------------------------
+
+async def test_drain_tells_the_client_stores_the_recording_and_returns_in_time(media_worker, contract_peer,
+                                                                                call_session):
+    client = VoiceClient("pcma")
+    try:
+        await connect(contract_peer, client)
+        client.track.play(speak("Hello there, this is a call about invoices.", rate=8000))
+        await asyncio.sleep(2.0)
+        started = time.monotonic()
+        result = await media_worker.drain("server_shutdown", timeout=5.0)
+        took = time.monotonic() - started
+        assert took < 5.0 and result == {"calls": 1, "unfinished": 0, "seconds": pytest.approx(took, abs=0.05)}
+        end = await contract_peer.expect("session_end", timeout=1)
+        assert end["data"]["reason"] == "server_shutdown"
+        session = await recording_of(call_session.pk)
+        assert session.recording.name.endswith("recording-raw.wav")
+        assert session.audio_metadata["recording"]["duration_ms"] > 1000
+        assert media_worker.sessions == {} and active_calls() == 0
+    finally:
+        await client.close()
+
+
+async def test_a_draining_worker_leaves_new_offers_to_the_others(media_worker, call_session):
+    await media_worker.drain(timeout=1.0)
+    message = to_worker("media.offer", session_id=call_session.pk, reply_channel="reply!x", sdp="", candidates=[],
+                        scenario_id=0, user_id=0, offer_id=1)
+    await media_worker.dispatch(message)
+    assert media_worker.sessions == {}
+    assert await asyncio.wait_for(media_worker.layer.receive(MEDIA_CHANNEL), 1) == message  # back in the queue
+
+
+# --- hang-ups and media resets ---------------------------------------------------------------------
+
+async def test_a_hangup_sent_before_any_worker_answered_closes_the_call(media_worker, contract_peer, call_session):
+    client = VoiceClient("pcma")
+    try:
+        await offer(contract_peer, client, offer_id=1)
+        await contract_peer.expect("answer")
+        # The consumer never saw media.pinned (its socket dropped first): it hangs up through the group.
+        await media_worker.layer.group_send(MEDIA_WORKERS_GROUP, hangup(
+            session_id=call_session.pk, reply_channel=contract_peer.reply_channel, reason="dropped", offer_id=1))
+        assert await gone(media_worker, call_session.pk)
+        assert active_calls() == 0
+    finally:
+        await client.close()
+
+
+async def test_an_offer_given_up_before_it_was_taken_never_becomes_a_call(media_worker, contract_peer, call_session):
+    await media_worker.layer.group_send(MEDIA_WORKERS_GROUP, hangup(
+        session_id=call_session.pk, reply_channel=contract_peer.reply_channel, reason="dropped", offer_id=7))
+    await asyncio.sleep(0.1)
+    client = VoiceClient("pcma")
+    try:
+        await offer(contract_peer, client, offer_id=7)
+        await asyncio.sleep(0.5)
+        assert media_worker.sessions == {} and active_calls() == 0
+        assert not contract_peer.of_type("answer")
+    finally:
+        await client.close()
+
+
+async def test_a_media_reset_closes_the_call_but_not_one_answering_a_newer_offer(media_worker, contract_peer,
+                                                                                call_session):
+    client = VoiceClient("pcma")
+    try:
+        await offer(contract_peer, client, offer_id=1)
+        await contract_peer.expect("answer")
+        await offer(contract_peer, client, offer_id=2)  # re-offered: the same call answers it
+        await contract_peer.expect("answer")
+        await contract_peer.send("media.hangup", reason="media_reset", offer_id=1)  # the reset of the old one
+        await asyncio.sleep(0.3)
+        assert call_session.pk in media_worker.sessions
+        await contract_peer.send("media.hangup", reason="media_reset", offer_id=2)
+        assert await gone(media_worker, call_session.pk)
+        assert active_calls() == 0
+    finally:
+        await client.close()
+
+
+# --- the idle reaper -------------------------------------------------------------------------------
+
+async def test_the_idle_reaper_closes_a_call_nobody_signals_for(media_worker, contract_peer, call_session, settings):
+    settings.MEDIA_IDLE_REAP_SECONDS = 1.5
+    client = VoiceClient("pcma")
+    try:
+        await connect(contract_peer, client)
+        for _ in range(4):  # a consumer's keepalives keep it
+            await asyncio.sleep(0.5)
+            await contract_peer.send("media.keepalive")
+        assert call_session.pk in media_worker.sessions
+        client.track.play(speak("Is anyone there?", rate=8000))
+        assert await gone(media_worker, call_session.pk, timeout=5)
+        error = await contract_peer.expect("error")
+        assert error["data"]["details"]["error_type"] == "media_idle"
+        assert active_calls() == 0
+        assert (await recording_of(call_session.pk)).recording
+    finally:
+        await client.close()
+
+
+# --- scaled: a real runworker process --------------------------------------------------------------
+
+PHRASE = "Hello, I would like to tell you about our new software."
+
+
+async def talk(peer: WsPeer, client: VoiceClient, seconds: float) -> None:
+    await peer.send("asr_start", {"language": "en-US", "format": "opus", "sample_rate": client.track.rate,
+                                  "mode": "auto"})
+    rate = client.track.rate
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.track.play(speak(PHRASE, rate=rate))
+        client.track.play(silence(800, rate))
+        await asyncio.sleep(4.0)
+
+
+def scaled_stack(tmp_path) -> LiveStack:
+    if not redis_reachable():
+        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
+    stack = LiveStack(tmp_path, scaled=True)
+    stack.env.update({"SHUTDOWN_DRAIN_SECONDS": "10", "RECORDING_SEGMENT_SECONDS": "5",
+                      "POSTPROCESS_EAGER_IN_BACKGROUND": "1"})
+    return stack.start()
+
+
+async def processed(stack: LiveStack, session_id: str, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = stack.api(f"/api/sessions/{session_id}/")
+        if data.get("processing") in ("done", "failed") or time.monotonic() > deadline:
+            return data
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.scaled
+@pytest.mark.slow
+async def test_sigterm_drains_a_runworker_mid_call(tmp_path):
+    stack = scaled_stack(tmp_path)
+    try:
+        worker = stack.start_worker("worker-a")
+        await asyncio.sleep(4)
+        peer = await WsPeer(stack, stack.scenario_id()).start()
+        client = VoiceClient("opus")
+        await ws_connect_media(peer, client)
+        await talk(peer, client, 8)
+        signalled = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        disconnect = await peer.expect("disconnect", timeout=10)
+        assert disconnect["data"]["reason"] == "server_shutdown"
+        code = await asyncio.to_thread(worker.wait, 15)
+        drain_seconds = time.monotonic() - signalled
+        assert code == 0, stack.log("worker-a")
+        assert drain_seconds < 10, drain_seconds
+        print(f"\nrunworker drained and exited in {drain_seconds:.2f} s")
+        data = await processed(stack, peer.session_id)
+        assert data["end_reason"] == "server_shutdown"
+        assert data["processing"] == "done", data.get("processing_detail")
+        assert data["recording_url"] or data.get("recording")
+        await client.close()
+    finally:
+        stack.stop()
