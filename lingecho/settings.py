@@ -58,10 +58,11 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    # Before "channels": its `runworker` command (drains calls on SIGTERM) overrides Channels' own.
+    "media_pipeline",
     "channels",
     "roleplay",
     "signaling",
-    "media_pipeline",
 ]
 
 MIDDLEWARE = [
@@ -136,6 +137,8 @@ else:
 # run `manage.py runworker media` processes instead and set this to "external".
 MEDIA_WORKER_MODE = envchoice("MEDIA_WORKER_MODE", "external" if REDIS_URL else "embedded", ("embedded", "external"))
 MEDIA_WORKER_CHANNEL = "media"
+# Recordings are stored in segments this long while the call goes (a killed process loses at most the last one).
+RECORDING_SEGMENT_SECONDS = envfloat("RECORDING_SEGMENT_SECONDS", 5.0, minimum=0.5)
 
 # --- cache (rate limits, heartbeats) --------------------------------------------------------
 if REDIS_URL:
@@ -255,6 +258,9 @@ WS_RATE_BURST = envint("WS_RATE_BURST", 40, minimum=1)
 WS_RATE_VIOLATIONS_BEFORE_CLOSE = envint("WS_RATE_VIOLATIONS_BEFORE_CLOSE", 20, minimum=1)
 WS_PING_INTERVAL_SECONDS = envfloat("WS_PING_INTERVAL_SECONDS", 20.0, minimum=0.05)
 WS_IDLE_TIMEOUT_SECONDS = envfloat("WS_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.1)
+# A worker-side call no signaling message touched for this long is closed (its consumer is gone).
+# Consumers send a keepalive every few seconds; the default is a little over their own idle timeout.
+MEDIA_IDLE_REAP_SECONDS = envfloat("MEDIA_IDLE_REAP_SECONDS", WS_IDLE_TIMEOUT_SECONDS + 30.0, minimum=1.0)
 SESSION_RESUME_SECONDS = envint("SESSION_RESUME_SECONDS", 60, minimum=0)
 # How often stale sessions are ended and orphaned after-call jobs re-dispatched (roleplay.lifecycle):
 # by Celery beat when there is a broker, else by a thread of the server process.

@@ -425,6 +425,10 @@ def _process(session_id: str, version: int) -> str:
     names = archive_names(session_id)
     files: dict[str, dict[str, Any]] = {}
 
+    _progress(session_id, 3, "collecting the recording")
+    from roleplay.recording_segments import recover_recording
+
+    recover_recording(session_id=session_id)  # segments of a call whose media worker died: joined and attached
     _progress(session_id, 5, "loading the recording")
     source = recording_source(session)
     stereo = None

@@ -10,6 +10,7 @@ handlers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from media_pipeline.contract import MEDIA_CHANNEL, to_worker
+from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, hangup, to_worker
 from signaling import gateway, shutdown
 from signaling.auth import query_params
 from signaling.ice import ice_servers
@@ -53,6 +54,9 @@ WORKER_CHECK_SECONDS = 5.0  # how often a pinned worker's heartbeat is re-checke
 TTS_RETRY_AFTER_MS = 1000  # a refused tts_request: about one short sentence of speech later
 
 
+_HANGUPS: set[asyncio.Future] = set()  # hang-ups in flight (a task nobody references may be collected)
+
+
 def _clock() -> float:
     return asyncio.get_running_loop().time()
 
@@ -67,6 +71,8 @@ class VoiceConsumer(AsyncWebsocketConsumer):
     tick: asyncio.Future | None = None
     offer_deadline: float | None = None
     offer_timeout: float = OFFER_TIMEOUT_SECONDS
+    offer_id: int = 0  # numbers this connection's offers: a hang-up names the one it gives up
+    unpinned_offer: int | None = None  # sent, no worker answered yet: its hang-up must reach every worker
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch minus its per-message ``aclose_old_connections``.
@@ -229,16 +235,19 @@ class VoiceConsumer(AsyncWebsocketConsumer):
                 "No media worker is running, so voice is unavailable; text messages still work.",
                 {"error_type": "no_media_worker", "retry_after": 5000},
             )
-        self.worker_channel = None
+        self._release_worker()  # a call for an earlier offer is closed unless this offer lands on it
         self.pending_ice = []
         self.trickled = 0
+        self.offer_id += 1
         await self._to_worker(
             "media.offer",
             sdp=message.data["sdp"],
             candidates=list(message.data.get("candidates", [])),
             scenario_id=self.info.scenario_id,
             user_id=self.info.user_id,
+            offer_id=self.offer_id,
         )
+        self.unpinned_offer = self.offer_id
         self.offer_deadline = _clock() + self.offer_timeout
         self._schedule()
         self._advance("recv:offer")
@@ -314,8 +323,15 @@ class VoiceConsumer(AsyncWebsocketConsumer):
     # ==== channel-layer handlers =================================================================
 
     async def media_pinned(self, event: dict[str, Any]) -> None:
-        if event.get("session_id") != self.session_id or self.finished or self.state == State.INITIALIZED:
+        if event.get("session_id") != self.session_id:
             return
+        offer_id = event.get("offer_id")
+        stale = offer_id is not None and offer_id != self.unpinned_offer
+        if self.finished or self.state == State.INITIALIZED or stale:
+            # An answer nobody waits for any more (reset, superseded by a newer offer): close its call.
+            self._send_hangup(event["worker_channel"], offer_id, "media_reset")
+            return
+        self.unpinned_offer = None
         self.worker_channel = event["worker_channel"]
         self._schedule()
         pending, self.pending_ice = self.pending_ice, []
@@ -422,7 +438,7 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             self.pending_tts.remove(request_id)
 
     def _media_reset(self) -> None:
-        self.worker_channel = None
+        self._release_worker()
         self.pending_ice = []
         self.pending_tts = []
         self.offer_deadline = None
@@ -435,8 +451,42 @@ class VoiceConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.send(self.worker_channel, self._worker_message("media.hangup", reason=reason))
             except Exception:  # noqa: BLE001 - a full or vanished worker channel must not block the close
                 logger.warning("hangup not delivered", extra={"session_id": self.session_id})
+        elif self.unpinned_offer is not None:
+            # No worker answered yet: whichever takes (or took) the offer closes (or refuses) it.
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_send(MEDIA_WORKERS_GROUP, hangup(
+                    session_id=self.session_id, reply_channel=self.channel_name, reason=reason,
+                    offer_id=self.unpinned_offer))
         self.worker_channel = None
+        self.unpinned_offer = None
         self.pending_tts = []
+
+    def _release_worker(self, reason: str = "media_reset") -> None:
+        """Forget the current offer's worker and have it close that call (it keeps one answering a newer offer)."""
+        if self.worker_channel:
+            self._send_hangup(self.worker_channel, self.offer_id, reason)
+        elif self.unpinned_offer is not None:
+            self._send_hangup(None, self.unpinned_offer, reason)
+        self.worker_channel = None
+        self.unpinned_offer = None
+
+    def _send_hangup(self, channel: str | None, offer_id: int | None, reason: str) -> None:
+        """A hang-up for one offer, in the background (callers are sync); ``channel`` None: every worker."""
+        message = hangup(session_id=self.session_id, reply_channel=self.channel_name, reason=reason,
+                         offer_id=offer_id)
+
+        async def send() -> None:
+            try:
+                if channel:
+                    await self.channel_layer.send(channel, message)
+                else:
+                    await self.channel_layer.group_send(MEDIA_WORKERS_GROUP, message)
+            except Exception:  # noqa: BLE001 - the worker's idle reaper closes the call instead
+                logger.warning("media hangup not delivered", extra={"session_id": self.session_id})
+
+        task = asyncio.ensure_future(send())
+        _HANGUPS.add(task)
+        task.add_done_callback(_HANGUPS.discard)
 
     async def _rate_limited(self) -> None:
         self.violations += 1
@@ -518,6 +568,8 @@ class VoiceConsumer(AsyncWebsocketConsumer):
                 self.next_check = now + WORKER_CHECK_SECONDS
                 if self.worker_channel not in await gateway.live_worker_channels():
                     await self._media_failed("media_worker_lost", "The media worker stopped; send a new offer.")
+                else:  # the worker closes calls nobody signals for (MEDIA_IDLE_REAP_SECONDS)
+                    await self.channel_layer.send(self.worker_channel, self._worker_message("media.keepalive"))
         except Exception:  # noqa: BLE001 - a dead timer would silently stop heartbeats; log it loudly
             logger.exception("voice heartbeat failed", extra={"session_id": self.session_id})
         finally:
