@@ -259,22 +259,23 @@ def _dispatch(session_ids: list[str]) -> None:
 
 
 class ServerJobs(threading.Thread):
-    """The server process's lifecycle work on a daemon thread: heartbeat, start-up, and (no broker) the sweep.
+    """A process's lifecycle work on a daemon thread: its heartbeat, a start-up job, and maybe the sweep.
 
     Everything here is blocking database and cache work, so it runs on this thread and never on the
     event loop. A failing round is logged and the next one runs as usual.
     """
 
-    def __init__(self, *, owns_everything: bool, sweep_every: float | None) -> None:
+    def __init__(self, *, start_up: Callable[[], object] | None, sweep_every: float | None) -> None:
         super().__init__(name="session-lifecycle", daemon=True)
-        self.owns_everything = owns_everything
+        self.start_up = start_up
         self.sweep_every = sweep_every
         self.tick = min(HEARTBEAT_SECONDS, sweep_every or HEARTBEAT_SECONDS)
         self.stopping = threading.Event()
 
     def run(self) -> None:
         self._guarded(heartbeat_publish)
-        self._guarded(sessions_end_left_by_previous_process if self.owns_everything else sessions_sweep)
+        if self.start_up is not None:
+            self._guarded(self.start_up)
         next_sweep = time.monotonic() + (self.sweep_every or 0)
         while not self.stopping.wait(self.tick):
             self._guarded(heartbeat_publish)
@@ -296,14 +297,41 @@ class ServerJobs(threading.Thread):
             close_old_connections()
 
 
+_jobs_lock = threading.Lock()
+_jobs: dict[int, ServerJobs] = {}  # by pid: a forked child has no thread of its parent's
+
+
 def server_jobs_start() -> ServerJobs:
     """Start the server process's lifecycle thread (called once by ``lingecho.server``).
 
-    The sweep runs here only without a broker (eager Celery): with one, Celery beat schedules it.
+    Start-up: the embedded default ends what the previous process left; scaled, one sweep. The
+    periodic sweep runs here only without a broker (eager Celery): with one, Celery beat runs it.
     """
     eager = bool(settings.CELERY_TASK_ALWAYS_EAGER)
-    jobs = ServerJobs(owns_everything=single_process(), sweep_every=settings.SESSION_SWEEP_SECONDS if eager else None)
-    jobs.start()
+    start_up = sessions_end_left_by_previous_process if single_process() else sessions_sweep
+    jobs = ServerJobs(start_up=start_up, sweep_every=settings.SESSION_SWEEP_SECONDS if eager else None)
+    with _jobs_lock:
+        heartbeat_only = _jobs.get(os.getpid())
+        if heartbeat_only is not None:
+            heartbeat_only.stop()
+        _jobs[os.getpid()] = jobs
+        jobs.start()
     logger.info("session lifecycle: process %s, sweep %s", process_id(),
                 f"every {settings.SESSION_SWEEP_SECONDS} s here" if eager else "by Celery beat")
     return jobs
+
+
+def owner_id() -> str:
+    """The id a session records as its owner; from now on this process publishes its heartbeat.
+
+    ``lingecho.server`` starts its thread at start-up; any other process that holds sockets (plain
+    daphne, ``runserver``, a test or bench process) gets a heartbeat-only thread here, so its sessions
+    are never taken for orphans just because it has no lifecycle thread of its own.
+    """
+    pid = os.getpid()
+    if pid not in _jobs:
+        with _jobs_lock:
+            if pid not in _jobs:
+                _jobs[pid] = ServerJobs(start_up=None, sweep_every=None)
+                _jobs[pid].start()
+    return process_id()

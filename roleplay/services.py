@@ -48,7 +48,7 @@ def session_create(
         transport=transport,
         seed=seed if seed is not None else random.SystemRandom().randrange(1, 2**31),
         joined_at=timezone.now() if joined else None,
-        owner=lifecycle.process_id() if joined else "",
+        owner=lifecycle.owner_id() if joined else "",
     )
 
 
@@ -77,7 +77,7 @@ def session_resume(*, user: User, session_id: str) -> RealtimeSession:
             session.state = RealtimeSession.State.LIVE
             session.last_seen_at = now
             session.joined_at = session.joined_at or now
-            session.owner = lifecycle.process_id()
+            session.owner = lifecycle.owner_id()
             session.save(update_fields=["state", "last_seen_at", "joined_at", "owner"])
             return session
         session_end(session=session, reason=reason)

@@ -277,14 +277,12 @@ def test_failed_jobs_are_left_alone(alice, scenario, django_capture_on_commit_ca
 # ---- the server's own jobs ----------------------------------------------------------------------
 
 
-def test_the_server_thread_publishes_its_heartbeat_and_sweeps(monkeypatch):
-    """The thread itself, in this process: heartbeat first, then its start-up job, then sweeps."""
+def test_the_server_thread_publishes_its_heartbeat_runs_its_start_up_job_and_sweeps(monkeypatch):
     monkeypatch.setattr(lifecycle, "HEARTBEAT_SECONDS", 0.05)
     runs: list[str] = []
+    monkeypatch.setattr(lifecycle, "heartbeat_publish", lambda: runs.append("heartbeat"))
     monkeypatch.setattr(lifecycle, "sessions_sweep", lambda: runs.append("sweep"))
-    monkeypatch.setattr(lifecycle, "sessions_end_left_by_previous_process", lambda: runs.append("start-up"))
-    cache.delete(lifecycle.HEARTBEAT_KEY + lifecycle.process_id())
-    jobs = lifecycle.ServerJobs(owns_everything=True, sweep_every=0.1)
+    jobs = lifecycle.ServerJobs(start_up=lambda: runs.append("start-up"), sweep_every=0.1)
     jobs.start()
     try:
         deadline = time.monotonic() + 5
@@ -293,8 +291,18 @@ def test_the_server_thread_publishes_its_heartbeat_and_sweeps(monkeypatch):
     finally:
         jobs.stop()
         jobs.join(timeout=5)
-    assert runs[0] == "start-up" and runs.count("sweep") >= 2
-    assert time.time() - cache.get(lifecycle.HEARTBEAT_KEY + lifecycle.process_id()) < 1
+    assert runs[:2] == ["heartbeat", "start-up"]
+    assert runs.count("sweep") >= 2 and runs.count("heartbeat") > runs.count("sweep")
+
+
+def test_any_process_that_owns_a_session_publishes_its_heartbeat(alice, scenario):
+    """Not only lingecho.server: plain daphne or runserver holding a call must not look dead."""
+    session = services.session_create(trainee=alice, scenario=scenario, transport="text")
+    assert session.owner == lifecycle.process_id()
+    deadline = time.monotonic() + 5
+    while cache.get(lifecycle.HEARTBEAT_KEY + session.owner) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert time.time() - cache.get(lifecycle.HEARTBEAT_KEY + session.owner) < lifecycle.OWNER_SILENT_SECONDS
 
 
 # ---- in a real server ---------------------------------------------------------------------------
