@@ -8,7 +8,9 @@ Redis in the scaled pass: keys are per-test process ids, never a flush of a shar
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings as settings_module
 from django.core.cache import cache
 from django.utils import timezone
 
@@ -25,7 +28,15 @@ from roleplay import lifecycle, postprocess, services
 from roleplay.models import RealtimeSession
 from roleplay.tasks import process_session
 from tests.live_server import free_port, isolated_env, server_command
+from tests.roleplay.recorded_call import make_recorded_session
 from tests.roleplay.test_api import client_for
+from tests.roleplay.test_celery_worker import (  # noqa: F401 - fixtures
+    assert_one_complete_result,
+    broker,
+    processing,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("eager_celery")]
 
@@ -303,6 +314,40 @@ def test_any_process_that_owns_a_session_publishes_its_heartbeat(alice, scenario
     while cache.get(lifecycle.HEARTBEAT_KEY + session.owner) is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert time.time() - cache.get(lifecycle.HEARTBEAT_KEY + session.owner) < lifecycle.OWNER_SILENT_SECONDS
+
+
+def test_celery_beat_runs_the_sweep_every_session_sweep_seconds():
+    from lingecho.celery import app
+
+    entry = app.conf.beat_schedule["sweep-sessions"]
+    assert entry["task"] == "roleplay.tasks.sweep_sessions" and entry["task"] in app.tasks
+    assert entry["schedule"] == float(settings_module.SESSION_SWEEP_SECONDS)
+
+
+@pytest.mark.slow
+@pytest.mark.scaled
+def test_a_job_whose_worker_machine_died_is_run_again_by_the_sweep(start_worker, alice, scenario):  # noqa: F811
+    """The whole worker dies (no parent left to reject the task back to the queue): the broker would
+    redeliver it only after its visibility timeout (an hour); the lease runs out in seconds."""
+    doomed = start_worker(POSTPROCESS_TEST_STEP_DELAY_SECONDS="60", POSTPROCESS_LEASE_SECONDS="10")
+    session = make_recorded_session(trainee=alice, scenario=scenario)
+    services.session_end(session=session, reason=RealtimeSession.EndReason.USER_REQUESTED)
+    wait_for(lambda: processing(session.pk) == ("running", "transcribing the recording again"), timeout=120,
+             worker=doomed, what="the slow step")
+    for pid in [*doomed.children(), doomed.proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    doomed.proc.wait()
+    successor = start_worker()
+
+    assert lifecycle.sessions_sweep().lease_expired == []  # the lease still holds: it may be alive
+    lease = RealtimeSession.objects.get(pk=session.pk).processing_lease_until
+    time.sleep(max(0.0, (lease - timezone.now()).total_seconds()) + 0.5)
+    assert lifecycle.sessions_sweep().lease_expired == [session.pk]
+
+    wait_for(lambda: processing(session.pk)[0] in ("done", "failed"), timeout=120, worker=successor,
+             what="the re-run")
+    assert processing(session.pk) == ("done", "done")
+    assert_one_complete_result(session.pk)
 
 
 # ---- in a real server ---------------------------------------------------------------------------
