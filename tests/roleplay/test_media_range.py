@@ -8,8 +8,10 @@ import os
 import threading
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import connections
 from django.test import AsyncClient, Client
 
 from roleplay.models import RealtimeSession
@@ -28,6 +30,14 @@ BODY = os.urandom(SIZE)
 def recording(alice, scenario) -> str:
     session = RealtimeSession.objects.create(trainee=alice, scenario=scenario, transport="webrtc", state="ended")
     return default_storage.save(f"sessions/{session.pk}/recording.webm", ContentFile(BODY))
+
+
+@pytest.fixture(autouse=True)
+async def _close_the_shared_threads_connection():
+    """Async tests reach the database from asgiref's shared sync thread; close that connection so
+    the test database can be dropped (PostgreSQL refuses while a session is open)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 async def _get(url: str, **headers: str):
