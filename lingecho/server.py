@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 
 SWEEP_STEPS = 20
 LATE_AFTER_CALL_GRACE_SECONDS = 0.5  # for a job dispatched after the drain's wait, before the exit
+# Kept from SHUTDOWN_DRAIN_SECONDS for what follows the drain (cancelling the rest, stopping the
+# reactor, the interpreter's exit), so that the process is gone within SHUTDOWN_DRAIN_SECONDS.
+EXIT_RESERVE_SECONDS = 0.5
 
 
 class _Sweep:
@@ -128,11 +131,12 @@ class SlicedSweepServer(Server):
     async def _drain(self) -> None:
         from signaling import shutdown  # imported late: the Django apps are loaded by then
 
-        self.drain_deadline = time.monotonic() + settings.SHUTDOWN_DRAIN_SECONDS
+        budget = max(0.0, settings.SHUTDOWN_DRAIN_SECONDS - EXIT_RESERVE_SECONDS)
+        self.drain_deadline = time.monotonic() + budget
         for port in self.ports:
             port.stopListening()
-        logger.info("shutting down: ending calls for up to %s s", settings.SHUTDOWN_DRAIN_SECONDS)
-        self.drain_report = await shutdown.drain(timeout=settings.SHUTDOWN_DRAIN_SECONDS)
+        logger.info("shutting down: ending calls for up to %.1f s", budget)
+        self.drain_report = await shutdown.drain(timeout=budget)
         logger.info("shutdown drain finished: %s", self.drain_report.summary())
 
     @staticmethod

@@ -216,43 +216,52 @@ def _wait_until_processed(db: Path, session_id: str, timeout: float = 90) -> dic
         time.sleep(0.5)
 
 
-@pytest.mark.slow
-async def test_sigterm_mid_webrtc_call_ends_it_stores_the_recording_and_exits_in_time(tmp_path):
+async def _mid_call(stack: Any) -> tuple[Any, Any]:
+    """A WebRTC call on ``stack`` with one voice turn done and the trainee talking again."""
     from tests.audio_fixtures import silence, speak
-    from tests.live_server import server_command
-    from tests.media_pipeline.live import LiveStack, WsPeer, ws_connect_media
+    from tests.media_pipeline.live import WsPeer, ws_connect_media
     from tests.media_pipeline.voice_client import VoiceClient
 
+    peer = await WsPeer(stack, stack.scenario_id()).start()
+    client = VoiceClient("opus")
+    await ws_connect_media(peer, client)
+    await peer.send("asr_start", {"language": "en-US", "format": "opus", "sample_rate": client.track.rate,
+                                  "mode": "auto"})
+    client.track.play(speak("Hello, I would like to tell you about our new software.", rate=client.track.rate))
+    client.track.play(silence(1200, client.track.rate))
+    await peer.expect("asr_result", timeout=30)
+    await peer.expect("tts_complete", timeout=30)
+    client.track.play(speak("How many invoices do you reconcile every month?", rate=client.track.rate))
+    await asyncio.sleep(1.0)
+    return peer, client
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("drain", [DRAIN_SECONDS, 1.5], ids=["default-drain", "drain-shorter-than-the-after-call-job"])
+async def test_sigterm_mid_webrtc_call_ends_it_stores_the_recording_and_exits_in_time(tmp_path, drain):
+    """With the default drain the after-call job finishes before the exit; with a short one the
+    process still exits on time and the restarted server's start-up processes the session."""
+    from tests.live_server import server_command
+    from tests.media_pipeline.live import LiveStack
+
     stack = LiveStack(tmp_path)
-    stack.env["LOG_LEVEL"] = "INFO"
+    stack.env.update(LOG_LEVEL="INFO", SHUTDOWN_DRAIN_SECONDS=str(drain))
     stack.start()
     db = tmp_path / "db.sqlite3"
     try:
-        peer = await WsPeer(stack, stack.scenario_id()).start()
-        client = VoiceClient("opus")
-        await ws_connect_media(peer, client)
-        await peer.send("asr_start", {"language": "en-US", "format": "opus", "sample_rate": client.track.rate,
-                                      "mode": "auto"})
-        client.track.play(speak("Hello, I would like to tell you about our new software.", rate=client.track.rate))
-        client.track.play(silence(1200, client.track.rate))
-        await peer.expect("asr_result", timeout=30)
-        await peer.expect("tts_complete", timeout=30)
-        # Mid-call: the trainee is talking again when the deploy comes.
-        client.track.play(speak("How many invoices do you reconcile every month?", rate=client.track.rate))
-        await asyncio.sleep(1.0)
-
+        peer, client = await _mid_call(stack)
         signalled = time.monotonic()
         stack.procs["daphne"].send_signal(signal.SIGTERM)
-        told = await peer.expect("disconnect", timeout=DRAIN_SECONDS)
+        told = await peer.expect("disconnect", timeout=drain)
         assert told["data"] == {"reason": "server_shutdown"}
         assert _port_closed(stack.port)  # no new connections while draining
-        code = await asyncio.to_thread(stack.procs["daphne"].wait, DRAIN_SECONDS + 5)
+        code = await asyncio.to_thread(stack.procs["daphne"].wait, drain + 5)
         exited = time.monotonic() - signalled
         log = stack.log("daphne")
-        assert code == 0 and exited < DRAIN_SECONDS, (code, exited, log)
+        assert code == 0 and exited < drain, (code, exited, log)
         await asyncio.sleep(0.2)
         assert peer.ws.close_code == CloseCode.GOING_AWAY
-        print(f"\nwebrtc: drain {_drain_summary(log)}; SIGTERM to exit {exited:.2f} s")
+        print(f"\nwebrtc, SHUTDOWN_DRAIN_SECONDS={drain}: drain {_drain_summary(log)}; SIGTERM to exit {exited:.2f} s")
         await client.close()
 
         row = _session_row(db, peer.session_id)
@@ -267,6 +276,68 @@ async def test_sigterm_mid_webrtc_call_ends_it_stores_the_recording_and_exits_in
         assert (row["state"], row["end_reason"]) == ("ended", "server_shutdown")
     finally:
         stack.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.scaled
+async def test_sigterm_to_a_scaled_server_hangs_up_the_pinned_worker_which_stores_the_recording(tmp_path):
+    """Scaled: the media worker is another process (its own SIGTERM is its own drain); the server
+    tells its client, ends the session and sends the pinned worker its hang-up."""
+    from tests.media_pipeline.live import LiveStack, redis_reachable
+
+    if not redis_reachable():
+        pytest.skip("Redis at 127.0.0.1:6379 is not reachable")
+    stack = LiveStack(tmp_path, scaled=True)
+    stack.env["LOG_LEVEL"] = "INFO"
+    stack.start()
+    try:
+        stack.start_worker("worker")
+        await asyncio.sleep(4)  # boots, loads models, beats
+        peer, client = await _mid_call(stack)
+        signalled = time.monotonic()
+        stack.procs["daphne"].send_signal(signal.SIGTERM)
+        assert (await peer.expect("disconnect", timeout=DRAIN_SECONDS))["data"] == {"reason": "server_shutdown"}
+        code = await asyncio.to_thread(stack.procs["daphne"].wait, DRAIN_SECONDS + 5)
+        exited = time.monotonic() - signalled
+        assert code == 0 and exited < DRAIN_SECONDS, (code, exited, stack.log("daphne"))
+        print(f"\nscaled: drain {_drain_summary(stack.log('daphne'))}; SIGTERM to exit {exited:.2f} s")
+        await client.close()
+        row: dict[str, Any] = {}
+        for _ in range(100):
+            row = _session_row(tmp_path / "db.sqlite3", peer.session_id)
+            if row["recording"]:
+                break
+            await asyncio.sleep(0.1)
+        assert (row["state"], row["end_reason"]) == ("ended", "server_shutdown")
+        assert row["speakers"][:3] == ["buyer", "trainee", "buyer"]
+        assert row["recording"] and (tmp_path / "media" / row["recording"]).exists(), stack.log("worker")
+        assert stack.procs["worker"].poll() is None  # the worker lives on for the other servers' calls
+    finally:
+        stack.stop()
+
+
+@pytest.mark.slow
+def test_sigint_stops_an_idle_server_through_the_same_drain(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.live_server import free_port, isolated_env, server_command
+
+    env = {**isolated_env(tmp_path), "LOG_LEVEL": "INFO"}
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=120)
+    port = free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(server_command(port), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while _port_closed(port):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=DRAIN_SECONDS) == 0
+    summary = _drain_summary((tmp_path / "server.log").read_text())
+    assert summary.startswith("0 calls") and "after-call jobs done" in summary
 
 
 @pytest.mark.slow
