@@ -14,12 +14,22 @@ tries.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 from channels_redis.core import RedisChannelLayer as BaseRedisChannelLayer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
 
 # How long a cancelled receive gets to finish before it is cancelled again.
 RECANCEL_SECONDS = 0.05
+# A receive that lost Redis tries again after this long, doubling up to the maximum.
+RETRY_FIRST_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+REDIS_LOST = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 async def cancel_until_done(task: asyncio.Future) -> None:
@@ -43,9 +53,25 @@ class RedisChannelLayer(BaseRedisChannelLayer):
         A message that arrives in the same instant as the cancel is dropped, as it would be by any
         cancelled receive: the receiver is going away.
         """
-        task = asyncio.ensure_future(super().receive(channel))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            await cancel_until_done(task)
-            raise
+        delay, lost_at = RETRY_FIRST_SECONDS, 0.0
+        while True:
+            task = asyncio.ensure_future(super().receive(channel))
+            try:
+                message = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await cancel_until_done(task)
+                raise
+            except REDIS_LOST as exc:
+                # Redis restarting or failing over: Channels' dispatch loop would die with this
+                # error and take the consumer (a live call) with it, closing the socket with 1011
+                # and no word to the client. Wait for Redis instead; messages sent to this channel
+                # meanwhile were lost with the old Redis, which the call survives (a re-offer, a retry).
+                if not lost_at:
+                    lost_at = time.monotonic()
+                    logger.warning("channel layer lost Redis (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            if lost_at:
+                logger.info("channel layer back on Redis after %.1f s", time.monotonic() - lost_at)
+            return message
