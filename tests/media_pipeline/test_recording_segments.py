@@ -17,6 +17,7 @@ from roleplay import recording_segments, services
 from roleplay.models import RealtimeSession
 from roleplay.postprocess import archive_names
 from roleplay.recording_segments import list_segments, raw_recording_name
+from tests.roleplay.test_s3_storage import s3, s3_endpoint  # noqa: F401 - moto fixtures (skip without moto_server)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -154,7 +155,7 @@ def test_nothing_recorded_stores_nothing(live_session):
 
 
 @pytest.mark.slow
-def test_segments_are_stored_and_joined_on_s3(s3, live_session):
+def test_segments_are_stored_and_joined_on_s3(s3, live_session):  # noqa: F811 - the fixture
     recorder = CallRecorder(live_session.pk, segment_seconds=1)
     recorder.add("trainee", tone(2500), at_ms=0)
     recorder.store(recorder.take_due(now_ms=3000))
@@ -164,7 +165,3 @@ def test_segments_are_stored_and_joined_on_s3(s3, live_session):
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lingecho-test")["Contents"]}
     assert keys == {name}
     assert heard_ms(stored_frames(name), 0) == (0, 2499)
-
-
-# moto S3 fixtures (skipped when moto_server is not installed)
-from tests.roleplay.test_s3_storage import s3, s3_endpoint  # noqa: E402, F401

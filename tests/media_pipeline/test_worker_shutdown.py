@@ -208,7 +208,37 @@ async def test_sigterm_drains_a_runworker_mid_call(tmp_path):
         data = await processed(stack, peer.session_id)
         assert data["end_reason"] == "server_shutdown"
         assert data["processing"] == "done", data.get("processing_detail")
-        assert data["recording_url"] or data.get("recording")
+        assert data["recording"]
+        assert data["audio_metadata"]["recording"]["duration_ms"] > 8000  # stored by the drain, all of it
         await client.close()
+    finally:
+        stack.stop()
+
+
+@pytest.mark.scaled
+@pytest.mark.slow
+async def test_a_killed_runworker_keeps_the_recording_up_to_its_last_segment(tmp_path):
+    stack = scaled_stack(tmp_path)
+    try:
+        stack.start_worker("worker-a")
+        await asyncio.sleep(4)
+        peer = await WsPeer(stack, stack.scenario_id()).start()
+        session_start = time.monotonic()  # the session's clock starts with the socket (within a few ms)
+        client = VoiceClient("opus")
+        await ws_connect_media(peer, client)
+        await talk(peer, client, 14)
+        killed_at_ms = (time.monotonic() - session_start) * 1000
+        stack.kill("worker-a")  # SIGKILL: no drain, no save; only the stored segments survive
+        await peer.close()  # the trainee hangs up: the session ends and is processed
+        await client.close()
+        data = await processed(stack, peer.session_id)
+        assert data["processing"] == "done", data.get("processing_detail")
+        recording = data["audio_metadata"]["recording"]
+        assert recording["recovered_segments"] >= 2
+        lost_ms = killed_at_ms - recording["duration_ms"]
+        print(f"\nkilled at {killed_at_ms:.0f} ms, recording kept {recording['duration_ms']} ms "
+              f"(lost {lost_ms:.0f} ms)")
+        assert 0 <= lost_ms <= 5000 + 1000 + 500  # at most the segment being filled, plus its late-audio wait
+        assert data["recording"]
     finally:
         stack.stop()
