@@ -113,6 +113,9 @@ class Owners:
             cache.add(EPOCH_KEY, since, timeout=None)
         return cls(last_heard={keys[k]: float(v) for k, v in found.items()}, store_since=float(since))
 
+    def alive(self, *, now: float) -> set[str]:
+        return {owner for owner, heard in self.last_heard.items() if now - heard <= OWNER_SILENT_SECONDS}
+
     def silent_since(self, owner: str, *, now: float) -> float | None:
         """When ``owner`` was last heard if it is silent now (0.0: never heard), None while it is alive.
 
@@ -154,11 +157,6 @@ def _candidates(*, now: datetime) -> Q:
     )
 
 
-def _owners_of(sessions: list[RealtimeSession]) -> Owners | None:
-    owners = {s.owner for s in sessions if s.state == RealtimeSession.State.LIVE and s.joined_at is not None}
-    return Owners.read(owners) if owners else None
-
-
 def session_end_if_expired(*, session_id: str, now: datetime, owners: Owners | None) -> str | None:
     """End one session if a rule says so, judged again under its row lock; returns the reason or None.
 
@@ -181,10 +179,19 @@ def sessions_expire(*, trainee: User | None = None, now: datetime | None = None)
     stale = RealtimeSession.objects.filter(_candidates(now=now))
     if trainee is not None:
         stale = stale.filter(trainee=trainee)
-    sessions = list(stale.order_by("last_seen_at")[:SESSIONS_PER_SWEEP])
-    owners = _owners_of(sessions)
+    # Quiet calls on live processes are left out in the query: however many there are, they never
+    # crowd a stale session out of a sweep's batch. Owners are few (one per server process).
+    owned = stale.filter(state=RealtimeSession.State.LIVE, joined_at__isnull=False)
+    owner_ids = set(owned.values_list("owner", flat=True).distinct())
+    owners = Owners.read(owner_ids) if owner_ids else None
+    if owners is not None:
+        stale = stale.exclude(
+            state=RealtimeSession.State.LIVE, joined_at__isnull=False, owner__in=owners.alive(now=now.timestamp())
+        )
     ended: dict[str, list[str]] = {}
-    for session in sessions:
+    for session in stale.order_by("last_seen_at")[:SESSIONS_PER_SWEEP]:
+        if expiry_reason(session, now=now, owners=owners) is None:
+            continue  # e.g. an owner silent for less than the window: no lock taken, nothing written
         reason = session_end_if_expired(session_id=session.pk, now=now, owners=owners)
         if reason is not None:
             ended.setdefault(reason, []).append(session.pk)

@@ -129,6 +129,23 @@ def test_a_live_session_ends_as_dropped_when_its_process_stopped_its_heartbeat(
     assert state_of(sessions[just_died])[0] == "live"  # resumable on another process until the window passes
 
 
+def test_quiet_calls_never_crowd_a_stale_session_out_of_a_sweep(
+    alice, bob, scenario, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(lifecycle, "SESSIONS_PER_SWEEP", 2)
+    alive = fake_process()
+    lifecycle.heartbeat_publish(owner=alive)
+    for _ in range(3):
+        quiet = services.session_create(trainee=bob, scenario=scenario, transport="text")
+        RealtimeSession.objects.filter(pk=quiet.pk).update(owner=alive)
+        rewind(quiet, 10 * WINDOW, "last_seen_at")
+    abandoned = services.session_create(trainee=alice, scenario=scenario, transport="text", joined=False)
+    rewind(abandoned, WINDOW + 1, "started_at", "last_seen_at")
+
+    assert sweep(django_capture_on_commit_callbacks).abandoned == [abandoned.pk]
+    assert RealtimeSession.objects.filter(trainee=bob, state="live").count() == 3
+
+
 def test_owners_are_not_judged_while_the_heartbeat_store_is_fresh(alice, scenario, django_capture_on_commit_callbacks):
     """After Redis lost its data, no process has republished yet: a missing heartbeat proves nothing."""
     session = services.session_create(trainee=alice, scenario=scenario, transport="text")
