@@ -130,6 +130,82 @@ async def test_a_media_reset_closes_the_call_but_not_one_answering_a_newer_offer
         await client.close()
 
 
+# --- through the real signaling consumer ----------------------------------------------------------
+
+@pytest.fixture
+async def consumer_and_worker(settings):
+    """The /ws/voice/ consumer and a real media worker on the default (in-memory) channel layer."""
+    from channels.layers import get_channel_layer
+    from django.core.cache import cache
+
+    from media_pipeline.worker import MediaWorker
+
+    settings.MEDIA_WORKER_MODE = "external"  # no embedded worker: this one serves the shared channel
+    settings.POSTPROCESS_EAGER_IN_BACKGROUND = False
+    cache.clear()
+    worker = MediaWorker(get_channel_layer())
+    await worker.ensure_started(serve_shared=True)
+    await asyncio.sleep(0.05)  # its tick joins the workers' group
+    yield worker
+    await worker.stop()
+    cache.clear()
+
+
+async def next_of_type(client, kind: str, timeout: float = 10.0) -> dict:
+    """The next server message of ``kind``, read raw (the worker's answer lists candidates as objects)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        output = await client.ws.receive_output(max(0.1, deadline - time.monotonic()))
+        message = json.loads(output["text"])
+        if message["type"] == kind:
+            return message
+
+
+async def test_a_socket_dropped_before_the_worker_answered_leaves_no_call(consumer_and_worker, alice, scenario):
+    from tests.signaling.test_voice_protocol import start
+
+    client, _ = await start(alice, scenario)
+    peer = VoiceClient("pcma")
+    try:
+        sdp, _ = await peer.offer()
+        await client.send("offer", sdp)
+        await client.ws.disconnect()  # gone before media.pinned reached the consumer
+        assert await gone(consumer_and_worker, client.session_id)
+        await asyncio.sleep(0.5)  # an offer taken after the hang-up is refused too
+        assert consumer_and_worker.sessions == {} and active_calls() == 0
+    finally:
+        await peer.close()
+
+
+async def test_a_media_reset_in_the_consumer_closes_the_workers_call(consumer_and_worker, alice, scenario):
+    from tests.signaling.test_voice_protocol import start
+
+    client, _ = await start(alice, scenario)
+    peer = VoiceClient("pcma")
+    try:
+        sdp, _ = await peer.offer()
+        await client.send("offer", sdp)
+        await next_of_type(client, "answer")
+        call = consumer_and_worker.sessions[client.session_id]
+        await call.error("ERR_WEBRTC_FAILED", "The WebRTC connection failed; send a new offer.",
+                         {"error_type": "peer_failed"})  # the consumer unpins: the call must not stay behind
+        assert (await next_of_type(client, "error"))["data"]["code"] == "ERR_WEBRTC_FAILED"
+        assert await gone(consumer_and_worker, client.session_id)
+        assert active_calls() == 0
+        sdp, _ = await peer.offer()
+        await client.send("offer", sdp)  # a new offer makes a new call
+        await next_of_type(client, "answer")
+        assert client.session_id in consumer_and_worker.sessions and active_calls() == 1
+        await client.send("disconnect", {"reason": "user_requested"})
+        assert await gone(consumer_and_worker, client.session_id)
+        assert active_calls() == 0
+    finally:
+        await client.ws.disconnect()
+        await peer.close()
+
+
 # --- the idle reaper -------------------------------------------------------------------------------
 
 async def test_the_idle_reaper_closes_a_call_nobody_signals_for(media_worker, contract_peer, call_session, settings):
