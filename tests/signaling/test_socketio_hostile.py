@@ -103,6 +103,8 @@ MB = 1024 * 1024
         "4" + "[" * 5000,
         '42["x",' + '{"a":' * 40 + "1" + "}" * 40 + "]",
         "42[" + "0," * 100_000 + "0]",
+        '42["x",' + ",".join(["9" * 4299] * 240) + "]",  # 30 ms of int parsing
+        "42" + " " * (MB - 2),
         "2" + "x" * 100,  # a ping carries a short probe at most
         "bAAAA",  # base64 binary is for polling
         "42/" + "n" * 200 + ',["x"]',
