@@ -97,12 +97,14 @@ class DrainReport:
     cancelled: int = 0  # steps still running at the deadline
     sockets_open: int = 0  # call sockets not closed by the deadline
     after_call_done: bool = True  # every in-process after-call job finished
-    seconds: float = 0.0
+    calls_seconds: float = 0.0  # until every call was over and its socket closed (steps 1-4)
+    seconds: float = 0.0  # the whole drain, after-call jobs included
 
     def summary(self) -> str:
         return (
             f"{self.calls} calls, {self.detached_chunk_sessions} detached chunk sessions, "
             f"{self.worker_calls} media calls, {self.cancelled} cancelled, {self.sockets_open} sockets left open, "
+            f"calls over in {self.calls_seconds:.2f} s, "
             f"after-call jobs {'done' if self.after_call_done else 'left to the start-up sweep'}, "
             f"{self.seconds:.2f} s"
         )
@@ -127,6 +129,7 @@ async def drain(*, timeout: float, reason: str = REASON) -> DrainReport:
         report.worker_calls = len(worker.sessions)
         report.cancelled += await _bounded([_drain_worker(worker, reason, deadline)], deadline)
     report.sockets_open = await _sockets_closed(calls, deadline)
+    report.calls_seconds = time.monotonic() - started
     report.after_call_done = await _after_call_jobs_done(deadline)
     report.seconds = time.monotonic() - started
     return report
