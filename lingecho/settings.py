@@ -211,6 +211,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+# The first counts failed password checks per username and per client address (roleplay.login_limits)
+# and ends the chain; ModelBackend stays listed so sessions signed in through it remain valid.
+AUTHENTICATION_BACKENDS = ["roleplay.login_limits.RateLimitedModelBackend", "django.contrib.auth.backends.ModelBackend"]
     "PAGE_SIZE": 25,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -1,4 +1,5 @@
-"""Sign-in limits, shared by the login page and the token endpoint (``POST /api/auth/token/``).
+"""Sign-in limits: every password check from the network (the login page, ``POST /api/auth/token/``,
+Django admin's login) is counted by :class:`RateLimitedModelBackend`.
 
 Failed attempts are counted per username and per client address in Django's cache (the local
 cache in the embedded default, Redis when scaled, so every server process shares the counts),
@@ -20,7 +21,10 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
 _USERNAME_LIMIT_CHARS = 150  # the User model's own limit; longer input is never a real username
@@ -93,3 +97,30 @@ def login_success_record(*, username: str) -> None:
     must not let a client keep guessing others)."""
     window = _window()
     cache.delete(_key("username", username.strip().lower()[:_USERNAME_LIMIT_CHARS], window))
+
+
+class RateLimitedModelBackend(ModelBackend):
+    """Django's ModelBackend, counting every password check from the network against the limits.
+
+    Every door that checks a password goes through ``authenticate()``: the login page, the token
+    endpoint, Django admin's own login. Counting here (not in each view) leaves no door unlimited;
+    the page and the token endpoint additionally answer 429 with ``Retry-After`` before getting here.
+    Calls without a request (``Client.login`` in tests, management commands) are not counted.
+    """
+
+    def authenticate(self, request, username=None, password=None, **kwargs):  # noqa: ANN001, ANN201 - Django's signature
+        if username is None:
+            username = kwargs.get(get_user_model().USERNAME_FIELD)
+        if request is None or username is None or password is None:
+            return super().authenticate(request, username=username, password=password, **kwargs)
+        address = client_address(request)
+        if login_retry_after(username=username, address=address) is not None:
+            raise PermissionDenied  # authenticate() tries no further backend and reports a failure
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is None:
+            login_failure_record(username=username, address=address)
+            # The chain ends here: the plain ModelBackend listed after us (for sessions signed in
+            # before this backend existed) must not check the same password a second time.
+            raise PermissionDenied
+        login_success_record(username=username)
+        return user

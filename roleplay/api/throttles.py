@@ -17,7 +17,7 @@ def submitted_username(request: Request) -> str:
 
 class LoginThrottle(BaseThrottle):
     """Refuses a sign-in while its username or client address has too many recent failures
-    (roleplay.login_limits); DRF answers 429 with ``Retry-After``. The view records the failures."""
+    (roleplay.login_limits); DRF answers 429 with ``Retry-After``. The authentication backend counts them."""
 
     def __init__(self) -> None:
         self.retry_after: int | None = None

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 
-from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse
 
-from roleplay.login_limits import client_address, login_failure_record, login_retry_after, login_success_record
+from roleplay.login_limits import client_address, login_retry_after
 
 
 class ThrottledLoginView(LoginView):
     """Too many failures for the username or the address: 429 with ``Retry-After``, and the form
-    says how long to wait. The password is not checked at all then (no oracle for a guesser)."""
+    says how long to wait. The password is not checked at all then (no oracle for a guesser).
+    Failures are counted by the authentication backend (roleplay.login_limits)."""
 
     template_name = "roleplay/login.html"
 
@@ -22,14 +22,6 @@ class ThrottledLoginView(LoginView):
         if retry_after is not None:
             return self._refused(retry_after)
         return super().post(request, *args, **kwargs)
-
-    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
-        login_failure_record(username=self._username(), address=client_address(self.request))
-        return super().form_invalid(form)
-
-    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
-        login_success_record(username=self._username())
-        return super().form_valid(form)
 
     def _username(self) -> str:
         return self.request.POST.get("username", "")

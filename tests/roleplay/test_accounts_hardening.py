@@ -190,6 +190,23 @@ def test_the_login_page_and_the_token_endpoint_share_the_count(alice):
 
 
 @pytest.mark.django_db
+def test_the_admin_login_is_no_way_around_the_limits(mallory):
+    admin = Client()
+    for _ in range(3):
+        assert admin.post("/admin/login/", {"username": "mallory", "password": "wrong"}).status_code == 200
+    admin.post("/admin/login/", {"username": "mallory", "password": PASSWORD})
+    assert "_auth_user_id" not in admin.session  # refused before the password was checked
+    assert Client().post("/login/", {"username": "mallory", "password": PASSWORD}).status_code == 429
+
+
+@pytest.mark.django_db
+def test_sessions_signed_in_before_the_limits_existed_stay_signed_in(alice):
+    client = Client()
+    client.force_login(alice, backend="django.contrib.auth.backends.ModelBackend")
+    assert client.get("/history/").status_code == 200
+
+
+@pytest.mark.django_db
 def test_the_login_page_still_signs_in_normally(alice):
     response = Client().post("/login/", {"username": "alice", "password": PASSWORD})
     assert response.status_code == 302 and response["Location"] == "/"
