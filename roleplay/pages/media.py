@@ -8,6 +8,8 @@ Files are streamed, with HTTP Range support (``Accept-Ranges: bytes``, 206, 416)
 at all without them. The view is async and every storage call and chunk read runs in the default
 thread pool, never on the one thread Django shares between all sync views and database work: a
 manager streaming a long recording must not hold up anyone's page or a call's database writes.
+(daphne has no flow control towards the client: what a slow client has not read yet waits in the
+connection's send buffer. Recordings are a few MB; the old view also held the whole file in memory.)
 """
 
 from __future__ import annotations
