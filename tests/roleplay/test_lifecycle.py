@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -405,8 +406,10 @@ def eventually(read, done, *, timeout: float = 30.0) -> dict:
 
 @pytest.mark.slow
 def test_the_embedded_server_ends_and_processes_stale_sessions_by_itself(tmp_path):
-    """Start-up ends what a dead process left live; the server's own thread ends an unjoined session."""
-    env = isolated_env(tmp_path, SESSION_RESUME_SECONDS="1", SESSION_SWEEP_SECONDS="1", SHUTDOWN_DRAIN_SECONDS="2")
+    """Start-up ends what a dead process left live; the server's own thread ends four unjoined REST
+    sessions that had locked the trainee out, and processes them; then a new session is allowed."""
+    env = isolated_env(tmp_path, SESSION_RESUME_SECONDS="3", SESSION_SWEEP_SECONDS="1", SHUTDOWN_DRAIN_SECONDS="2",
+                       MAX_LIVE_SESSIONS_PER_USER="4")
     manage(env, "migrate", "--noinput")
     manage(env, "create_demo_data")
     token = manage(env, "issue_token", "trainee")
@@ -435,10 +438,15 @@ def test_the_embedded_server_ends_and_processes_stale_sessions_by_itself(tmp_pat
             assert (left["state"], left["end_reason"], left["processing"]) == ("ended", "dropped", "done")
 
             scenario = api(base, token, "/api/scenarios/")["results"][0]["id"]
-            created = api(base, token, "/api/sessions/", {"scenario": scenario})
-            assert created["state"] == "live"
-            later = eventually(session(created["id"]), processed)
-            assert (later["state"], later["end_reason"], later["processing"]) == ("ended", "abandoned", "done")
+            created = [api(base, token, "/api/sessions/", {"scenario": scenario}) for _ in range(4)]
+            assert {c["state"] for c in created} == {"live"}
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                api(base, token, "/api/sessions/", {"scenario": scenario})
+            assert refused.value.code == 429
+            for c in created:  # nobody asks: the server's own thread ends them
+                later = eventually(session(c["id"]), processed)
+                assert (later["state"], later["end_reason"], later["processing"]) == ("ended", "abandoned", "done")
+            assert api(base, token, "/api/sessions/", {"scenario": scenario})["state"] == "live"
         finally:
             server.terminate()
             try:
