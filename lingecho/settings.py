@@ -198,6 +198,9 @@ LOGOUT_REDIRECT_URL = "/login/"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# The first counts failed password checks per username and per client address (roleplay.login_limits)
+# and ends the chain; ModelBackend stays listed so sessions signed in through it remain valid.
+AUTHENTICATION_BACKENDS = ["roleplay.login_limits.RateLimitedModelBackend", "django.contrib.auth.backends.ModelBackend"]
 # Proxies in front of the server whose X-Forwarded-For entries are trusted (0 = use REMOTE_ADDR).
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
 # Sign-in (page and token endpoint): failed attempts allowed per window, per username and per address.
@@ -211,9 +214,6 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
-# The first counts failed password checks per username and per client address (roleplay.login_limits)
-# and ends the chain; ModelBackend stays listed so sessions signed in through it remain valid.
-AUTHENTICATION_BACKENDS = ["roleplay.login_limits.RateLimitedModelBackend", "django.contrib.auth.backends.ModelBackend"]
     "PAGE_SIZE": 25,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
