@@ -203,7 +203,7 @@ AUTH_PASSWORD_VALIDATORS = [
 AUTHENTICATION_BACKENDS = ["roleplay.login_limits.RateLimitedModelBackend", "django.contrib.auth.backends.ModelBackend"]
 # Proxies in front of the server whose X-Forwarded-For entries are trusted (0 = use REMOTE_ADDR).
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0, minimum=0, maximum=10)
-# Sign-in (page and token endpoint): failed attempts allowed per window, per username and per address.
+# Failed password checks (login page, token endpoint, admin) allowed per window, per username and per address.
 LOGIN_FAILURES_PER_USERNAME = envint("LOGIN_FAILURES_PER_USERNAME", 5, minimum=1)
 LOGIN_FAILURES_PER_ADDRESS = envint("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", 300, minimum=10)
