@@ -377,11 +377,13 @@ class ChunkTurns:
                 await worker
         with contextlib.suppress(Exception):
             await executor("chunk-decode").run(self.stream.finish)
+        # Stored before the end: the after-call job the end dispatches then finds the whole recording
+        # (rather than waiting for this writer, see roleplay.recording_segments).
+        await self._save_recording()
         try:
             await conversation.end_session(self.session_id, reason)
         except DomainError:
             logger.warning("could not end chunk session", extra={"session_id": self.session_id})
-        await self._save_recording()
         totals = await _session_totals(self.session_id)
         await self.emit("session-ended", {"reason": reason, **totals})
 

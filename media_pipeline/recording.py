@@ -224,7 +224,8 @@ class CallRecorder:
         """
         self.store(self._take_all())
         try:
-            joined = recording_segments.join_segments(self.session_id, include_stored=self.continue_stored)
+            joined = recording_segments.join_segments(self.session_id, include_stored=self.continue_stored,
+                                                      writer=self.writer)
         finally:
             with contextlib.suppress(Exception):
                 recording_segments.release_lease(self.session_id, writer=self.writer)

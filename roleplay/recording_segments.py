@@ -199,13 +199,15 @@ def _join_lock(session_id: str) -> Iterator[None]:
             cache.delete(key)
 
 
-def join_segments(session_id: str, *, include_stored: bool = True, announce: bool = True) -> JoinedRecording | None:
+def join_segments(session_id: str, *, include_stored: bool = True, announce: bool = True,
+                  writer: str | None = None) -> JoinedRecording | None:
     """Mix the stored segments (and, with ``include_stored``, the raw WAV already there) into the raw WAV.
 
     Returns None when there is nothing to join. The segments are deleted only once the WAV is
     stored, so a crash in between joins them again next time (the WAV is rebuilt, not appended to).
     ``announce`` tells the session a new recording version exists (re-processing an ended one);
-    the after-call job, which joins inside its own run, passes False.
+    the after-call job, which joins inside its own run, passes False. A ``writer`` joining its own
+    segments gives up its lease first: the processing it announces must not wait for it.
     """
     from roleplay import services  # the services import the models: keep this module light to import
 
@@ -224,6 +226,8 @@ def join_segments(session_id: str, *, include_stored: bool = True, announce: boo
                 default_storage.delete(segment.name)
             except OSError:  # joined already; a leftover is mixed in again (same audio) by a later join
                 log.warning("segment not deleted", extra={"session_id": session_id})
+        if writer is not None:
+            release_lease(session_id, writer=writer)
         if announce:
             try:
                 services.session_recording_stored(session_id=session_id)
