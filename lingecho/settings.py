@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "lingecho.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "lingecho.urls"
@@ -115,6 +116,10 @@ AUTH_USER_MODEL = "roleplay.User"
 REDIS_URL = envurl("REDIS_URL", schemes=("redis", "rediss", "unix"))
 CHANNEL_CAPACITY = envint("CHANNEL_CAPACITY", 500, minimum=10)
 if REDIS_URL:
+    from redis.asyncio.retry import Retry as RedisRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "lingecho.channel_layer.RedisChannelLayer",
@@ -122,7 +127,15 @@ if REDIS_URL:
             # timeout: on a loaded machine the pop's reply comes just late and `runworker` dies with
             # "Timeout reading from ...". Give the socket a margin over the 5 s pop.
             "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                # A pooled connection that died with a Redis restart fails its next command once;
+                # retried on a fresh connection, a consumer's send or group_add survives the restart
+                # (redis-py's default is no retry at all).
+                "hosts": [{
+                    "address": REDIS_URL,
+                    "socket_timeout": 15,
+                    "retry": RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+                    "retry_on_error": [RedisConnectionError],
+                }],
                 "capacity": CHANNEL_CAPACITY,
                 "expiry": 30,
             },

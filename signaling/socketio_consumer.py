@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -37,6 +36,7 @@ from roleplay.models import RealtimeSession, User
 from signaling import shutdown
 from signaling.auth import query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
+from signaling.db import domain_call
 from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid
 from signaling.ratelimit import TokenBucket
 from signaling.socketio_wire import (
@@ -158,7 +158,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if chunk is not None and chunk.is_owned_by(self):
             # Not the end of the call: the session waits (resume window) for the client to come back.
             chunk.detach(self)
-            await _mark_dropped(chunk.session_id)
+            with contextlib.suppress(ProtocolError):  # database gone: the sweeper ends it later
+                await _mark_dropped(chunk.session_id)
         self.chunk = None
 
     # --- command handlers ----------------------------------------------------------------------
@@ -502,7 +503,7 @@ def _persona(scenario: Any) -> dict[str, str]:
     }
 
 
-@database_sync_to_async
+@domain_call
 def _create_session(user: User, scenario_id: str) -> tuple[str, dict[str, str], int]:
     try:
         scenario = selectors.scenario_get(scenario_id=scenario_id)
@@ -516,7 +517,7 @@ def _create_session(user: User, scenario_id: str) -> tuple[str, dict[str, str], 
     return session.pk, _persona(scenario), scenario.max_turns
 
 
-@database_sync_to_async
+@domain_call
 def _resume_session(user: User, session_id: str) -> tuple[dict[str, str], int]:
     try:
         session = services.session_resume(user=user, session_id=session_id)
@@ -529,7 +530,7 @@ def _resume_session(user: User, session_id: str) -> tuple[dict[str, str], int]:
     return _persona(scenario), scenario.max_turns
 
 
-@database_sync_to_async
+@domain_call
 def _mark_dropped(session_id: str) -> None:
     services.session_mark_dropped(session_id=session_id)
 
