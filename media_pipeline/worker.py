@@ -149,7 +149,12 @@ class MediaWorker:
     async def _join_group(self) -> None:
         now = time.monotonic()
         if self._group_added_at is None or now - self._group_added_at > GROUP_REFRESH_SECONDS:
-            await self.layer.group_add(MEDIA_WORKERS_GROUP, self.channel)
+            try:
+                await self.layer.group_add(MEDIA_WORKERS_GROUP, self.channel)
+            except Exception:  # noqa: BLE001 - channel layer down: try again in a few seconds, quietly
+                log.warning("media worker not in its group yet", extra={"worker_id": self.worker_id})
+                self._group_added_at = now - GROUP_REFRESH_SECONDS + 5.0
+                return
             self._group_added_at = now
 
     def reap_idle(self) -> None:
