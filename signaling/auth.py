@@ -8,15 +8,23 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlparse
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator, WebsocketDenier
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.db import InterfaceError, OperationalError
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from roleplay.models import User
+from signaling.protocol import CloseCode, ErrorCode, encode, error_envelope
+
+# Set in the scope when the user could not be looked up because the database is unavailable:
+# the handshake is then refused as "try again shortly", never as "who are you?".
+AUTH_UNAVAILABLE = "lingecho.auth_unavailable"
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 def query_params(scope: dict) -> dict[str, str]:
@@ -36,6 +44,10 @@ async def user_from_token(token: str) -> User | AnonymousUser:
     return await _user_from_token(token)
 
 
+class AuthUnavailable(Exception):
+    """The database that knows the user is unreachable (an outage, not bad credentials)."""
+
+
 @database_sync_to_async
 def _user_from_token(token: str) -> User | AnonymousUser:
     try:
@@ -43,6 +55,8 @@ def _user_from_token(token: str) -> User | AnonymousUser:
         return User.objects.get(pk=access["user_id"], is_active=True)
     except (TokenError, KeyError, User.DoesNotExist, ValueError):
         return AnonymousUser()
+    except DATABASE_ERRORS:
+        raise AuthUnavailable() from None
 
 
 class JWTQueryAuthMiddleware:
@@ -54,8 +68,23 @@ class JWTQueryAuthMiddleware:
     async def __call__(self, scope, receive, send):
         token = query_params(scope).get("token")
         if token is not None:
-            scope = dict(scope, user=await user_from_token(token))
+            try:
+                scope = dict(scope, user=await user_from_token(token))
+            except AuthUnavailable:
+                scope = dict(scope, user=AnonymousUser(), **{AUTH_UNAVAILABLE: True})
         return await self.inner(scope, receive, send)
+
+
+class OutageTolerantAuthMiddleware(AuthMiddleware):
+    """Channels' cookie-session user lookup, marking the scope instead of crashing when the
+    database is gone (uncaught, the handshake died with an HTTP 500 and a traceback)."""
+
+    async def resolve_scope(self, scope) -> None:
+        try:
+            await super().resolve_scope(scope)
+        except DATABASE_ERRORS:
+            scope["user"]._wrapped = AnonymousUser()
+            scope[AUTH_UNAVAILABLE] = True
 
 
 def allowed_origins() -> list[str]:
@@ -79,6 +108,19 @@ class _LayerlessDenier(WebsocketDenier):
         await self.close(code=self.close_code)
 
 
+class _RefuseUntilDatabaseBack(_LayerlessDenier):
+    """Accept only to say why (ERR_CONNECTION_FAILED, database_unavailable, retry_after), then close
+    with 4503: a client that retries later gets in, and nobody is told their credentials are bad."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.send(text_data=encode(error_envelope(
+            "", ErrorCode.CONNECTION_FAILED, "The database is unavailable right now; try again in a few seconds.",
+            {"reason": "database_unavailable", "retry_after": 2000},
+        )))
+        await self.close(code=CloseCode.TRY_AGAIN)
+
+
 class RefuseAnonymous:
     """Refuse a handshake without a user before the consumer exists, with ``close_code``.
 
@@ -93,6 +135,8 @@ class RefuseAnonymous:
 
     async def __call__(self, scope, receive, send):
         user = scope.get("user")
+        if scope.get(AUTH_UNAVAILABLE):
+            return await _RefuseUntilDatabaseBack()(scope, receive, send)
         if user is None or not user.is_authenticated:
             denier = _LayerlessDenier()
             denier.close_code = self.close_code
@@ -124,4 +168,6 @@ class StrictOriginValidator(OriginValidator):
 
 
 def websocket_stack(inner):
-    return StrictOriginValidator(AuthMiddlewareStack(JWTQueryAuthMiddleware(inner)))
+    return StrictOriginValidator(
+        CookieMiddleware(SessionMiddleware(OutageTolerantAuthMiddleware(JWTQueryAuthMiddleware(inner))))
+    )

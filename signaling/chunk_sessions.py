@@ -377,7 +377,8 @@ class SessionManager:
             if idle or gone:
                 expired.append(sid)
                 logger.info("chunk session expired", extra={"session_id": sid, "idle": idle})
-                await self.close(sid, "timeout")
+                # Same words as the session lifecycle sweep, whichever of the two gets there first.
+                await self.close(sid, "timeout" if idle else "dropped")
         return expired
 
     def stats(self) -> dict[str, int]:

@@ -9,6 +9,7 @@ the broken one; ``CONN_HEALTH_CHECKS`` checks a reused one before use).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,3 +47,36 @@ def domain_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
             raise database_unavailable() from None
 
     return database_sync_to_async(guarded)
+
+
+_retries: set[asyncio.Task] = set()
+
+
+async def until_recorded(call: Callable[[], Awaitable[object]], *, what: str, every: float = 2.0,
+                         attempts: int = 60) -> None:
+    """Run ``call`` now; while the database is unavailable, again every ``every`` seconds in the background.
+
+    For the writes a consumer makes as its socket goes away (the session is now dropped): there is
+    nobody left to tell, and if the write were simply lost the session would stay live, owned by a
+    process that is alive, so no sweep would end it. Bounded: after ``attempts`` tries it is left
+    to the start-up sweep of the next process.
+    """
+    try:
+        await call()
+        return
+    except ProtocolError:
+        logger.warning("%s not recorded (database unavailable); retrying in the background", what)
+
+    async def retry() -> None:
+        for _ in range(attempts):
+            await asyncio.sleep(every)
+            try:
+                await call()
+                return
+            except ProtocolError:
+                continue
+        logger.error("%s not recorded after %d attempts", what, attempts)
+
+    task = asyncio.get_running_loop().create_task(retry(), name=f"until-recorded-{what}")
+    _retries.add(task)
+    task.add_done_callback(_retries.discard)

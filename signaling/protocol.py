@@ -63,6 +63,7 @@ class CloseCode:
 
     NORMAL = 1000  # disconnect from either side, or the conversation ended (max_turns / time_limit / buyer_ended)
     GOING_AWAY = 4001  # the server is shutting down (after disconnect server_shutdown), or refused a call while it does
+    TRY_AGAIN = 4503  # refused for now (the database is unavailable): retry after details.retry_after
     POLICY = 4008  # repeated rate-limit violations
     TOO_BIG = 4009  # a frame over WS_MAX_MESSAGE_BYTES
     BAD_REQUEST = 4400  # no ?scenario= / ?session=, or an unknown scenario

@@ -34,9 +34,9 @@ from roleplay import selectors, services
 from roleplay.errors import LiveSessionLimit, NotFound, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, User
 from signaling import shutdown
-from signaling.auth import query_params, user_from_token
+from signaling.auth import AUTH_UNAVAILABLE, AuthUnavailable, query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
-from signaling.db import domain_call
+from signaling.db import domain_call, until_recorded
 from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid
 from signaling.ratelimit import TokenBucket
 from signaling.socketio_wire import (
@@ -158,8 +158,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         if chunk is not None and chunk.is_owned_by(self):
             # Not the end of the call: the session waits (resume window) for the client to come back.
             chunk.detach(self)
-            with contextlib.suppress(ProtocolError):  # database gone: the sweeper ends it later
-                await _mark_dropped(chunk.session_id)
+            session_id = chunk.session_id
+            await until_recorded(lambda: _mark_dropped(session_id), what="session dropped")
         self.chunk = None
 
     # --- command handlers ----------------------------------------------------------------------
@@ -172,9 +172,21 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             await self._error(invalid("This socket is already connected; send CONNECT once."))
             return
         user = self.scope.get("user")
+        unavailable = bool(self.scope.get(AUTH_UNAVAILABLE))
         token = packet.auth.get("token") if isinstance(packet.auth, dict) else None
         if isinstance(token, str) and token:
-            user = await user_from_token(token)  # an auth token decides, as ?token= does
+            try:
+                user = await user_from_token(token)  # an auth token decides, as ?token= does
+                unavailable = False
+            except AuthUnavailable:
+                unavailable = True
+        if unavailable:
+            # The database is down, the credentials may be fine: say so and keep the socket for a retry.
+            await self._frames(self.wire.connect_error(
+                "The database is unavailable right now; try again in a few seconds.",
+                data={"code": "database_unavailable", "retry_after": 2000},
+            ))
+            return
         if user is None or not user.is_authenticated:
             await self._frames(self.wire.connect_error("Authentication required", data={"code": "unauthorized"}))
             await self.close(code=4401)

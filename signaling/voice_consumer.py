@@ -22,7 +22,8 @@ from django.conf import settings
 
 from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, hangup, to_worker
 from signaling import gateway, shutdown
-from signaling.auth import query_params
+from signaling.auth import DATABASE_ERRORS, query_params
+from signaling.db import database_unavailable, until_recorded
 from signaling.ice import ice_servers
 from signaling.protocol import (
     ACCEPTS,
@@ -188,6 +189,9 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             await self._send_error(exc)
             if exc.close_code:
                 await self._finish("error", exc.close_code)
+        except DATABASE_ERRORS:  # a turn's write hit a database outage: the call goes on, the client may retry
+            logger.warning("voice message hit a database outage", extra={"session_id": self.session_id})
+            await self._send_error(database_unavailable())
         except Exception:  # noqa: BLE001 - one bad turn must not kill the call; the log has the traceback
             logger.exception("voice message failed", extra={"session_id": self.session_id})
             await self._send_error(
@@ -207,7 +211,8 @@ class VoiceConsumer(AsyncWebsocketConsumer):
             return
         # Gone without a disconnect message: resumable with ?session= for SESSION_RESUME_SECONDS.
         await self._hangup("dropped")
-        await gateway.mark_dropped(session_id=self.session_id)
+        session_id = self.session_id
+        await until_recorded(lambda: gateway.mark_dropped(session_id=session_id), what="session dropped")
         logger.info("voice session dropped", extra={"session_id": self.session_id, "code": code})
 
     # ==== command handlers =======================================================================

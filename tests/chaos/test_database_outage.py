@@ -8,6 +8,7 @@ reason when no PostgreSQL answers on 127.0.0.1:5432.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -16,9 +17,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import socketio
+import websockets
 
 from tests.chaos.proxy import ChaosProxy
-from tests.media_pipeline.live import redis_reachable  # noqa: F401 - same skip style as the voice tests
 from tests.signaling.socketio_live import LiveServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.scaled]
@@ -60,6 +61,15 @@ def server_behind_proxy(chaos_database):
         server.stop()
 
 
+def _session_state(database: str, session_id: str) -> str:
+    import psycopg
+
+    target = urlparse(POSTGRES)
+    with psycopg.connect(host=target.hostname, port=target.port or 5432, user=target.username or "root",
+                         dbname=database, connect_timeout=2) as conn:
+        return conn.execute("SELECT state FROM roleplay_realtimesession WHERE id = %s", (session_id,)).fetchone()[0]
+
+
 def _scenarios(server: LiveServer, token: str) -> httpx.Response:
     return httpx.get(f"{server.url}/api/scenarios/", headers={"Authorization": f"Bearer {token}"}, timeout=15)
 
@@ -69,7 +79,7 @@ async def _start_session(client: socketio.AsyncClient, scenario: int, timeout: f
     return await client.call("start-session", {"sessionId": None, "scenarioId": scenario}, timeout=timeout)
 
 
-async def test_it_gives_clear_errors_while_the_database_is_gone_and_recovers(server_behind_proxy):
+async def test_it_gives_clear_errors_while_the_database_is_gone_and_recovers(server_behind_proxy, chaos_database):
     server, proxy = server_behind_proxy
     token = server.token("trainee")
     scenario = _scenarios(server, token).json()["results"][0]["id"]
@@ -79,6 +89,10 @@ async def test_it_gives_clear_errors_while_the_database_is_gone_and_recovers(ser
     first = await _start_session(client, scenario)
     assert first.get("sessionId"), first
     await client.call("end-session", {"sessionId": first["sessionId"]}, timeout=15)
+    dropping = socketio.AsyncClient(reconnection=False)
+    await dropping.connect(server.url, transports=["websocket"], auth={"token": token}, wait_timeout=15)
+    live_session = await _start_session(dropping, scenario)
+    assert live_session.get("sessionId"), live_session
 
     proxy.cut()
     try:
@@ -99,6 +113,27 @@ async def test_it_gives_clear_errors_while_the_database_is_gone_and_recovers(ser
         assert error.get("code") == "ERR_CONNECTION_FAILED", refused
         assert error.get("details", {}).get("retry_after"), refused
         assert client.connected, "a database outage must not cost the socket"
+
+        # A new LingEcho handshake is refused as "try again", not as bad credentials.
+        voice_url = f"ws://127.0.0.1:{server.port}/ws/voice/?scenario={scenario}&token={token}"
+        async with websockets.connect(voice_url, open_timeout=10) as voice:
+            refusal = json.loads(await asyncio.wait_for(voice.recv(), 10))
+            assert refusal["data"]["details"]["reason"] == "database_unavailable", refusal
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(voice.recv(), 10)
+            assert voice.close_code == 4503
+
+        # A new Socket.IO CONNECT is answered with connect_error, database_unavailable.
+        late = socketio.AsyncClient(reconnection=False)
+        connect_errors: list = []
+        late.on("connect_error", connect_errors.append)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await late.connect(server.url, transports=["websocket"], auth={"token": token}, wait_timeout=10)
+        assert connect_errors and connect_errors[0]["data"]["code"] == "database_unavailable", connect_errors
+
+        # A live session whose socket drops during the outage is marked dropped once the database is back.
+        live_id = live_session["sessionId"]
+        await dropping.disconnect()
         await asyncio.sleep(2)
     finally:
         proxy.restore()
@@ -114,6 +149,13 @@ async def test_it_gives_clear_errors_while_the_database_is_gone_and_recovers(ser
     assert again.get("sessionId"), again
     await client.call("end-session", {"sessionId": again["sessionId"]}, timeout=15)
     await client.disconnect()
+    deadline = time.monotonic() + 15
+    while True:
+        state = await asyncio.to_thread(_session_state, chaos_database, live_id)
+        if state in ("dropped", "ended") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert state in ("dropped", "ended"), state
     log = server.log()
     # Requests and sockets failed cleanly (no 500, no crashed consumer). The after-call job of the
     # first session may log its own failed attempt: its retries and the sweeper finish it later.

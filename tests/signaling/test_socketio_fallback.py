@@ -184,7 +184,7 @@ async def test_it_sweeps_idle_and_abandoned_sessions_but_keeps_live_ones():
     idle.last_activity = now - 11
     assert await manager.sweep(now + 1) == ["idle"]
     assert sorted(await manager.sweep(now + 6)) == ["gone"]
-    assert idle_sink.closed == "timeout" and gone_sink.closed == "timeout" and live_sink.closed is None
+    assert idle_sink.closed == "timeout" and gone_sink.closed == "dropped" and live_sink.closed is None
     assert manager.get("live") is live
     await manager.close("live", "user_requested")
 
