@@ -57,9 +57,9 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from media_pipeline.recording import raw_recording_name
 from roleplay import analytics_service
 from roleplay.models import RealtimeSession, SessionAnalytics, Utterance
+from roleplay.recording_segments import raw_recording_name
 
 logger = logging.getLogger(__name__)
 
