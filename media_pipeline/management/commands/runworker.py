@@ -26,23 +26,28 @@ class DrainingWorker(Worker):
     """Channels' worker; a signal stops its listeners and drains this process's media worker."""
 
     async def handle(self) -> None:
+        """Channels' ``handle`` (one listener per channel) that also ends on SIGTERM/SIGINT."""
+        from lingecho.channel_layer import cancel_until_done
+
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
-        listening = asyncio.ensure_future(super().handle())
+        listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
         stop = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait({listening, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if listening.done():  # a listener failed (channel layer error): as Channels would
+        await asyncio.wait({*listeners, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.done():  # a listener failed (channel layer error): raise it, as Channels would
             stop.cancel()
-            listening.result()
+            for listener in listeners:
+                if listener.done():
+                    listener.result()
             return
         log.info("signal received: draining the media worker")
-        from lingecho.channel_layer import cancel_until_done
-
-        await cancel_until_done(listening)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await listening
+        # The listeners go first: an offer still in the shared channel is taken by another worker.
+        for listener in listeners:
+            await cancel_until_done(listener)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
         await drain_process_worker()
         for details in list(self.application_instances.values()):
             details["future"].cancel()
