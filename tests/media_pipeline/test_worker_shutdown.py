@@ -73,6 +73,30 @@ async def test_drain_tells_the_client_stores_the_recording_and_returns_in_time(m
         await client.close()
 
 
+class StuckCall:
+    """A call whose close never finishes (a storage that hangs)."""
+
+    closed = False
+    session_id = "sess_stuck"
+
+    async def end_session(self, reason: str) -> None:
+        self.told = reason
+
+    async def close(self, reason: str) -> None:
+        self.closed = True
+        await asyncio.sleep(3600)
+
+
+async def test_drain_returns_within_its_timeout_when_a_call_cannot_close(media_worker):
+    stuck = StuckCall()
+    media_worker.sessions[stuck.session_id] = stuck
+    started = time.monotonic()
+    result = await media_worker.drain("server_shutdown", timeout=0.5)
+    assert time.monotonic() - started < 0.8
+    assert result["unfinished"] == 1 and stuck.told == "server_shutdown"
+    media_worker.sessions.clear()
+
+
 async def test_a_draining_worker_leaves_new_offers_to_the_others(media_worker, call_session):
     await media_worker.drain(timeout=1.0)
     message = to_worker("media.offer", session_id=call_session.pk, reply_channel="reply!x", sdp="", candidates=[],
