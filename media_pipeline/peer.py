@@ -148,10 +148,15 @@ def parse_candidate(data: dict[str, Any]) -> Any | None:
     return candidate
 
 
-def with_candidates(sdp: str, candidates: list[dict[str, Any]]) -> str:
-    """Put bundled ``offer.candidates`` into the SDP, so ICE starts with them (not after a trickle)."""
+def with_candidates(sdp: str, candidates: list[str | dict[str, Any]]) -> str:
+    """Put bundled ``offer.candidates`` into the SDP, so ICE starts with them (not after a trickle).
+
+    The protocol's ``offer.candidates`` are candidate lines (``"candidate:1 1 UDP ..."``, as in the
+    protocol's own example), which belong to the first m-line; ``ice_candidate``-shaped objects
+    (with ``sdp_mid`` / ``sdp_mline_index``) are taken too."""
     if not candidates:
         return sdp
+    candidates = [{"candidate": c} if isinstance(c, str) else c for c in candidates if isinstance(c, (str, dict))]
     lines = sdp.replace("\r\n", "\n").split("\n")
     out: list[str] = []
     mline = -1

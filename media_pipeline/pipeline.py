@@ -293,7 +293,9 @@ class CallSession:
             return
         self.outbound.configure(self.negotiated.sample_rate)
         self.offer_answer_ms = (time.perf_counter() - started) * 1000
-        await self.emit("answer", {"sdp": self.negotiated.sdp, "candidates": self.negotiated.candidates})
+        # Candidate lines, as the protocol defines answer.candidates (they are in the SDP as well).
+        await self.emit("answer", {"sdp": self.negotiated.sdp,
+                                   "candidates": [c["candidate"] for c in self.negotiated.candidates]})
         self._ice_watch = self._spawn(self._watch_ice(pc))
 
     async def _watch_ice(self, pc: Any) -> None:

@@ -168,7 +168,10 @@ export class LingEchoClient extends EventTarget {
     if (!this.pc) return;
     try {
       await this.pc.setRemoteDescription({ type: "answer", sdp: data.sdp });
-      for (const c of data.candidates || []) await this._onRemoteCandidate(c);
+      // Candidate lines (the protocol's form) or ice_candidate-shaped objects; both are also in the SDP.
+      for (const c of data.candidates || []) {
+        await this._onRemoteCandidate(typeof c === "string" ? { candidate: c } : c);
+      }
     } catch (err) {
       this._emit("webrtc-failed", { reason: `answer: ${err?.message || err}` });
     }

@@ -76,6 +76,10 @@ def test_it_reads_the_clients_codec_order_from_the_offer():
     merged = with_candidates(sdp, [{"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdp_mid": "0"}])
     assert "a=candidate:1 1 udp 1 127.0.0.1 5000 typ host" in merged
 
+    # The protocol's own form: bare candidate lines, for the first m-line.
+    merged = with_candidates(sdp, ["candidate:2 1 UDP 2130706431 192.168.1.100 54321 typ host"])
+    assert "a=candidate:2 1 UDP 2130706431 192.168.1.100 54321 typ host" in merged
+
 
 async def test_it_pins_answers_with_candidates_and_connects(media_worker, contract_peer):
     client = VoiceClient("opus", codecs=["opus", "pcma"])
@@ -85,6 +89,8 @@ async def test_it_pins_answers_with_candidates_and_connects(media_worker, contra
         answer = contract_peer.of_type("answer")[0]["data"]
         assert contract_peer.worker_channel == media_worker.channel
         assert "a=candidate:" in answer["sdp"] and answer["candidates"]
+        # answer.candidates are candidate lines, as the protocol defines them (a str_list).
+        assert all(isinstance(c, str) and c.startswith("candidate:") for c in answer["candidates"])
         assert "stun" not in answer["sdp"].lower() or "typ srflx" not in answer["sdp"]
         assert connected == {"connection_state": "connected", "audio_codec": "opus", "sample_rate": 48000}
         assert time.monotonic() - started < 5
