@@ -4,8 +4,22 @@ import asyncio
 import os
 
 import pytest
+from django.db.backends.signals import connection_created
 
 from tests.factories import make_scenario, make_team, make_user
+
+
+def _sqlite_readers_take_no_table_locks(sender, connection, **kwargs) -> None:
+    """The in-memory test database is SQLite in shared-cache mode, where a reader's table lock makes
+    a concurrent writer fail at once ("database table is locked") instead of waiting; a test polling
+    a row then breaks the after-call job it is watching. ``read_uncommitted`` lets shared-cache
+    readers skip those locks. The real embedded default is a WAL file, where readers never block."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA read_uncommitted = 1")
+
+
+connection_created.connect(_sqlite_readers_take_no_table_locks)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from django.core.files.storage import default_storage
 
 from media_pipeline import recording
 from media_pipeline.recording import RATE, CallRecorder
-from roleplay import recording_segments, services
+from roleplay import postprocess, recording_segments, services
 from roleplay.models import RealtimeSession
 from roleplay.postprocess import archive_names
 from roleplay.recording_segments import list_segments, raw_recording_name
@@ -129,6 +129,8 @@ def test_the_after_call_job_joins_what_a_killed_worker_left(live_session, settin
     recorder.store(recorder.take_due(now_ms=3000))  # 0-2 s stored: then SIGKILL (no save, lease expires)
     cache.clear()
     services.session_end(session=live_session, reason="dropped")
+    # Eager in the embedded default; with a broker (scaled pass) nobody consumes it here: run it as a worker would.
+    postprocess.session_process(session_id=live_session.pk)
     live_session.refresh_from_db()
     assert live_session.processing == "done", live_session.processing_detail
     assert live_session.recording.name == archive_names(live_session.pk)["recording"]
