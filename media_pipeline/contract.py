@@ -36,11 +36,41 @@ Worker → consumer:
                          text_response, tts_start, tts_complete, error)
 - ``media.session_end`` {reason} — the pipeline ended the session (max_turns, error), or the worker
                          is shutting down (server_shutdown, sent by ``MediaWorker.drain``)
+
+Both sides also share the protocol's error codes (:class:`ErrorCode`: the worker's ``error`` events
+carry them, the consumers send them) and the wall clock messages are stamped with (:func:`now_ms`).
+They live here, not in ``signaling.protocol``, because the media worker must not import signaling;
+``signaling.protocol`` re-exports them.
 """
 
 from __future__ import annotations
 
+import time
+from enum import StrEnum
 from typing import Any
+
+
+class ErrorCode(StrEnum):
+    """The nine ``error`` codes of both wire protocols (``/ws/voice/`` and the ``/socket.io/`` fallback).
+
+    A StrEnum, so a member is its wire value (``ErrorCode.ASR_FAILED == "ERR_ASR_FAILED"``): no
+    other module spells an ``"ERR_…"`` literal (tests/test_error_codes.py checks).
+    """
+
+    CONNECTION_FAILED = "ERR_CONNECTION_FAILED"
+    INVALID_MESSAGE = "ERR_INVALID_MESSAGE"
+    SESSION_NOT_FOUND = "ERR_SESSION_NOT_FOUND"
+    WEBRTC_FAILED = "ERR_WEBRTC_FAILED"
+    AUDIO_ENCODE_FAILED = "ERR_AUDIO_ENCODE_FAILED"
+    ASR_FAILED = "ERR_ASR_FAILED"
+    TTS_FAILED = "ERR_TTS_FAILED"
+    TIMEOUT = "ERR_TIMEOUT"
+    RATE_LIMIT = "ERR_RATE_LIMIT"
+
+
+def now_ms() -> int:
+    """Unix time in ms: the ``timestamp`` of every envelope and the ``serverTime`` of acknowledgements."""
+    return int(time.time() * 1000)
 
 MEDIA_CHANNEL = "media"
 # Every worker's pinned channel is in this group: a hang-up for an offer nobody has pinned yet.

@@ -41,7 +41,7 @@ from django.core.cache import cache
 
 from lingecho.gc_pauses import freeze_loaded_objects
 from media_pipeline import heartbeat, metrics
-from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, event
+from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, event
 from media_pipeline.outbound import pacing_stats
 from media_pipeline.pipeline import CallSession
 from media_pipeline.priority import lower_current_thread_priority
@@ -165,9 +165,9 @@ class MediaWorker:
             if not call.closed and now - call.last_signal > limit:
                 log.warning("closing a call nobody signals for", extra={"session_id": call.session_id,
                                                                         "idle_seconds": round(now - call.last_signal)})
-                self._close_later(call, "timeout", tell=("ERR_WEBRTC_FAILED", "media_idle"))
+                self._close_later(call, "timeout", tell=(ErrorCode.WEBRTC_FAILED, "media_idle"))
 
-    def _close_later(self, call: CallSession, reason: str, *, tell: tuple[str, str] | None = None) -> None:
+    def _close_later(self, call: CallSession, reason: str, *, tell: tuple[ErrorCode, str] | None = None) -> None:
         async def run() -> None:
             if tell is not None:  # a consumer that is still there forgets the call and may offer again
                 await call.error(tell[0], "The media connection was closed; send a new offer.",
@@ -265,7 +265,7 @@ class MediaWorker:
                 if reply:
                     with contextlib.suppress(Exception):
                         await self.layer.send(reply, event("error", {
-                            "code": "ERR_WEBRTC_FAILED",
+                            "code": ErrorCode.WEBRTC_FAILED,
                             "message": "No media connection for this session; send an offer.",
                             "details": {"error_type": "unknown_session"},
                         }, session_id=session_id))

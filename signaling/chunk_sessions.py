@@ -51,6 +51,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from signaling.protocol import ErrorCode
+
 logger = logging.getLogger(__name__)
 
 OFFSET_WINDOW = 128  # how far past the next expected offset a chunk may be (and how many are held)
@@ -64,7 +66,7 @@ Emitter = Callable[[str, dict[str, Any]], Awaitable[None]]
 class ChunkRefused(Exception):
     """A chunk the manager will not take (over the memory bound, or the session is closing)."""
 
-    def __init__(self, code: str, message: str, **details: Any) -> None:
+    def __init__(self, code: ErrorCode, message: str, **details: Any) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -200,14 +202,14 @@ class ChunkSession:
     def receive(self, offset: int, data: bytes) -> ChunkReceipt:
         """Take chunk ``offset``; idempotent. Raises :class:`ChunkRefused` over the memory bound."""
         if self.closed:
-            raise ChunkRefused("ERR_SESSION_NOT_FOUND", "The session has ended.")
+            raise ChunkRefused(ErrorCode.SESSION_NOT_FOUND, "The session has ended.")
         self.touch()
         if offset < self.next_offset or offset in self.held:
             return ChunkReceipt(offset, len(data), True, self.next_offset, self._missing())
         window = self.limits.offset_window
         if offset - self.next_offset > window:
             raise ChunkRefused(
-                "ERR_INVALID_MESSAGE",
+                ErrorCode.INVALID_MESSAGE,
                 f"Chunk {offset} is more than {window} chunks ahead of the next expected one "
                 f"({self.next_offset}); send from there.",
                 offset=offset,
@@ -217,7 +219,7 @@ class ChunkSession:
         pending = len(self.buffer) + sum(len(b) for b in self.held.values())
         if pending + len(data) > self.limits.max_buffer_bytes:
             raise ChunkRefused(
-                "ERR_RATE_LIMIT",
+                ErrorCode.RATE_LIMIT,
                 "Audio is arriving faster than it can be processed; resend this chunk shortly.",
                 retry_after=500,
                 offset=offset,

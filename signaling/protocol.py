@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+# Re-exported (``X as X``): the consumers and tests import the codes and the clock from here.
+from media_pipeline.contract import ErrorCode as ErrorCode
+from media_pipeline.contract import now_ms as now_ms
 
 SERVER_VERSION = "1.0.0"
 SUPPORTED_CODECS = ("pcma", "opus")
@@ -37,19 +40,7 @@ MAX_JSON_ITEMS = 2048  # strings, separators or containers in one frame: bounds 
 OFFER_TIMEOUT_SECONDS = 15.0  # offer sent to a worker and no answer: ERR_WEBRTC_FAILED, back to Initialized
 
 
-# --- error codes ------------------------------------------------------------------------------
-class ErrorCode(StrEnum):
-    CONNECTION_FAILED = "ERR_CONNECTION_FAILED"
-    INVALID_MESSAGE = "ERR_INVALID_MESSAGE"
-    SESSION_NOT_FOUND = "ERR_SESSION_NOT_FOUND"
-    WEBRTC_FAILED = "ERR_WEBRTC_FAILED"
-    AUDIO_ENCODE_FAILED = "ERR_AUDIO_ENCODE_FAILED"
-    ASR_FAILED = "ERR_ASR_FAILED"
-    TTS_FAILED = "ERR_TTS_FAILED"
-    TIMEOUT = "ERR_TIMEOUT"
-    RATE_LIMIT = "ERR_RATE_LIMIT"
-
-
+# --- error codes (shared with the media worker: media_pipeline.contract) -------------------------
 ERROR_CODES = tuple(code.value for code in ErrorCode)
 
 
@@ -476,10 +467,6 @@ def next_state(state: State, event: str) -> State:
 
 # --- envelope ---------------------------------------------------------------------------------
 ENVELOPE_KEYS = {"type": True, "session_id": True, "data": True, "timestamp": False, "error": False}
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def envelope(message_type: str, session_id: str, data: dict[str, Any], error: str | None = None) -> dict[str, Any]:

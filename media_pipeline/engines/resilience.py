@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from media_pipeline.contract import ErrorCode
 from media_pipeline.engines.asr.base import ASREngine, ASRError, Transcript
 from media_pipeline.engines.tts.base import TTSEngine, TTSError
 from media_pipeline.engines.tts.text import sentence_split
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ERROR_CODES = {"asr": "ERR_ASR_FAILED", "tts": "ERR_TTS_FAILED", "brain": None}
+ERROR_CODES = {"asr": ErrorCode.ASR_FAILED, "tts": ErrorCode.TTS_FAILED, "brain": None}
 
 
 # --- errors and redaction ---------------------------------------------------------------------
@@ -244,7 +245,7 @@ class EngineFailure:
 
     kind: str  # "asr" | "tts" | "brain"
     engine: str  # the cloud engine that failed
-    code: str | None  # protocol error code to send (ERR_ASR_FAILED / ERR_TTS_FAILED), None for brain
+    code: ErrorCode | None  # protocol error code to send (ASR_FAILED / TTS_FAILED), None for brain
     message: str  # safe for clients and logs: never carries a key
     fallback: str | None  # the offline engine that took over
     timeout: bool = False
