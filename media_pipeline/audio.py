@@ -14,7 +14,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-ASR_RATE = 16000
+from roleplay.audio_format import SAMPLE_RATE as ASR_RATE
+
 _PCM16_SCALE = 32768.0
 DBFS_FLOOR = -120.0
 

@@ -28,13 +28,13 @@ import numpy as np
 from django.conf import settings
 
 from roleplay import recording_segments
+from roleplay.audio_format import SAMPLE_RATE as RATE
 from roleplay.recording_segments import raw_recording_name
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RATE", "SIDES", "CallRecorder", "raw_recording_name"]
 
-RATE = recording_segments.RATE
 SIDES = ("trainee", "buyer")
 # How long past a stretch's end the writer waits for late audio (the trainee's arrives a jitter
 # buffer late, a chunked client's up to a flush late) before it stores the stretch.

@@ -41,9 +41,10 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from roleplay.audio_format import SAMPLE_RATE as RATE
+
 log = logging.getLogger(__name__)
 
-RATE = 16000
 CHANNELS = 2
 FRAME_BYTES = 2 * CHANNELS
 _BLOCK_FRAMES = RATE * 10  # the join works in 10 s blocks: memory stays flat whatever the call's length

@@ -6,9 +6,9 @@ per session, and media_pipeline.chunk_turns decodes, endpoints, transcribes and 
 the same engines and the same turn service as the WebRTC path.
 
 Layout as in the other consumer: socket events (connect / receive / disconnect), command
-handlers (one ``on_<event>`` per Socket.IO event), channel-layer handlers. Database work is in
-the ``database_sync_to_async`` helpers at the bottom, which raise :class:`ProtocolError` with the
-wire code already chosen. Framing is signaling.socketio_wire; the Origin check and the cookie or
+handlers (one ``on_<event>`` per Socket.IO event), channel-layer handlers. Database work is
+signaling.gateway's, shared with the voice consumer: it raises :class:`ProtocolError` with this
+transport's wire code already chosen. Framing is signaling.socketio_wire; the Origin check and the cookie or
 ``?token=`` user come from the websocket stack in signaling.auth, and a CONNECT packet may carry
 ``auth: {token}`` (a JWT) instead.
 """
@@ -27,17 +27,15 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 
 from media_pipeline.chunk_turns import ChunkTurns, load_session_info
 from media_pipeline.webm_stream import FORMATS, AudioDecodeError
-from roleplay import selectors, services
-from roleplay.errors import LiveSessionLimit, NotFound, SessionNotFound, SessionNotResumable
-from roleplay.models import RealtimeSession, User
-from signaling import shutdown
+from signaling import gateway, shutdown
 from signaling.auth import AUTH_UNAVAILABLE, AuthUnavailable, query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
-from signaling.db import domain_call, until_recorded
-from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid
+from signaling.db import until_recorded
+from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid, now_ms
 from signaling.ratelimit import TokenBucket
 from signaling.socketio_wire import (
     ENGINEIO_VERSION,
@@ -59,10 +57,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0  # an Engine.IO socket that never sends a Socket.
 MAX_TEXT_CHARS = 4000
 MAX_STREAM_CHUNKS = 2**31 - 1  # totalChunks: 17 years of 250 ms pieces (offsets: the session's window)
 EVENTS = ("start-session", "audio-chunk", "end-session", "text-message")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def ping_interval_seconds() -> float:
@@ -94,7 +88,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             return
         self.wire = SocketIOWire(max_frame_bytes=settings.WS_MAX_MESSAGE_BYTES)
         self.sid = secrets.token_urlsafe(15)
-        self.user: User | None = None
+        self.user: AbstractBaseUser | None = None
         self.chunk: ChunkSession | None = None
         self.bucket = TokenBucket(rate=settings.WS_RATE_PER_SECOND, burst=settings.WS_RATE_BURST)
         self.violations = 0
@@ -159,7 +153,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             # Not the end of the call: the session waits (resume window) for the client to come back.
             chunk.detach(self)
             session_id = chunk.session_id
-            await until_recorded(lambda: _mark_dropped(session_id), what="session dropped")
+            await until_recorded(lambda: gateway.mark_dropped(session_id=session_id), what="session dropped")
         self.chunk = None
 
     # --- command handlers ----------------------------------------------------------------------
@@ -234,11 +228,13 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         scenario_id = data.get("scenarioId")
         if not _valid_scenario_id(scenario_id):
             raise invalid("scenarioId is required to start a new session: a positive integer.")
-        session_id, persona, max_turns = await _create_session(self.user, str(scenario_id))
+        info = await gateway.open_session(user=self.user, scenario_id=str(scenario_id),
+                                          transport=gateway.Transport.CHUNK)
+        session_id = info.session_id
         turns = ChunkTurns(await load_session_info(session_id), audio_config)
         await turns.save_metadata()
         chunk = self._open(turns, audio_config)
-        started = self._started_payload(session_id, persona, max_turns, audio_config, resumed=False, next_offset=0)
+        started = self._started_payload(info, audio_config, resumed=False, next_offset=0)
         await self._emit("session-started", started)
         await chunk.attach(self, self._emit_via_layer)
         self.chunk = chunk
@@ -246,7 +242,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
         return started
 
     async def _resume(self, session_id: str, audio_config: dict[str, Any]) -> dict[str, Any]:
-        persona, max_turns = await _resume_session(self.user, session_id)
+        info = await gateway.resume_session(user=self.user, session_id=session_id, transport=gateway.Transport.CHUNK)
         chunk = manager.get(session_id)
         stream_reset = chunk is None
         if chunk is None:
@@ -255,8 +251,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             chunk = self._open(turns, audio_config)
         elif chunk.user_id != self.user.pk:
             raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No such session.", {"session": session_id[:64]})
-        started = self._started_payload(session_id, persona, max_turns, chunk.audio_config, resumed=True,
-                                        next_offset=chunk.next_offset)
+        started = self._started_payload(info, chunk.audio_config, resumed=True, next_offset=chunk.next_offset)
         started["streamReset"] = stream_reset
         await self._emit("session-started", started)
         previous = await chunk.attach(self, self._emit_via_layer)
@@ -273,13 +268,12 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
 
     @staticmethod
     def _started_payload(
-        session_id: str, persona: dict[str, str], max_turns: int, audio_config: dict[str, Any], *,
-        resumed: bool, next_offset: int,
+        info: gateway.SessionInfo, audio_config: dict[str, Any], *, resumed: bool, next_offset: int,
     ) -> dict[str, Any]:
         return {
-            "sessionId": session_id,
-            "maxTurns": max_turns,
-            "buyerPersona": persona,
+            "sessionId": info.session_id,
+            "maxTurns": info.max_turns,
+            "buyerPersona": info.buyer_persona,
             "audioConfig": audio_config,
             "resumed": resumed,
             "nextOffset": next_offset,
@@ -324,7 +318,7 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
     async def on_end_session(self, data: dict[str, Any]) -> dict[str, Any]:
         chunk = self._session_for(data)
         self.chunk = None
-        await manager.close(chunk.session_id, RealtimeSession.EndReason.USER_REQUESTED)
+        await manager.close(chunk.session_id, "user_requested")  # the protocols' disconnect reason
         return {"sessionId": chunk.session_id}
 
     async def on_text_message(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -500,51 +494,6 @@ def _audio_config(raw: Any) -> dict[str, Any]:
         except AudioDecodeError as exc:
             raise ProtocolError(ErrorCode.AUDIO_ENCODE_FAILED, str(exc)) from None
     return {"format": audio_format, "sampleRate": rate, "channels": 1, "chunkMs": CHUNK_MS}
-
-
-# --- database helpers (never touched from the consumer directly) -----------------------------------
-
-def _persona(scenario: Any) -> dict[str, str]:
-    # What the trainee may see of the buyer: never the goals, objections or closing rules.
-    return {
-        "name": scenario.persona_name,
-        "title": scenario.persona_title,
-        "company": scenario.company,
-        "industry": scenario.industry,
-        "personality": scenario.personality,
-    }
-
-
-@domain_call
-def _create_session(user: User, scenario_id: str) -> tuple[str, dict[str, str], int]:
-    try:
-        scenario = selectors.scenario_get(scenario_id=scenario_id)
-    except NotFound:
-        raise invalid("No such scenario.", scenario=scenario_id[:64]) from None
-    try:
-        session = services.session_create(trainee=user, scenario=scenario, transport=RealtimeSession.Transport.CHUNK)
-    except LiveSessionLimit as exc:
-        details = {"reason": "live_session_limit", **exc.details}
-        raise ProtocolError(ErrorCode.RATE_LIMIT, exc.message, details) from None
-    return session.pk, _persona(scenario), scenario.max_turns
-
-
-@domain_call
-def _resume_session(user: User, session_id: str) -> tuple[dict[str, str], int]:
-    try:
-        session = services.session_resume(user=user, session_id=session_id)
-    except SessionNotFound:
-        raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No such session.", {"session": session_id[:64]}) from None
-    except SessionNotResumable as exc:
-        raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, exc.message,
-                            {"reason": "not_resumable", "session": session_id[:64]}) from None
-    scenario = RealtimeSession.objects.select_related("scenario").get(pk=session.pk).scenario
-    return _persona(scenario), scenario.max_turns
-
-
-@domain_call
-def _mark_dropped(session_id: str) -> None:
-    services.session_mark_dropped(session_id=session_id)
 
 
 __all__ = ["SocketIOConsumer"]

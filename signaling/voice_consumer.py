@@ -99,9 +99,11 @@ class VoiceConsumer(AsyncWebsocketConsumer):
         params = query_params(self.scope)
         try:
             if params.get("session"):
-                self.info = await gateway.resume_session(user=user, session_id=params["session"])
+                self.info = await gateway.resume_session(user=user, session_id=params["session"],
+                                                        transport=gateway.Transport.VOICE)
             elif params.get("scenario"):
-                self.info = await gateway.open_session(user=user, scenario_id=params["scenario"])
+                self.info = await gateway.open_session(user=user, scenario_id=params["scenario"],
+                                                      transport=gateway.Transport.VOICE)
             else:
                 raise ProtocolError(
                     ErrorCode.CONNECTION_FAILED,

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+# The rate every engine is given (re-exported: the engines import it with the interface).
+from roleplay.audio_format import SAMPLE_RATE as SAMPLE_RATE
+
 MIN_AUDIO_S = 0.1  # shorter than this cannot hold a word; decoding it only invites hallucinations
 
 

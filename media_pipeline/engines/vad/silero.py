@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from media_pipeline.audio import as_float32
+from roleplay.audio_format import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 WINDOW = 512
 CONTEXT = 64
 _STATE_SHAPE = (1, 1, 128)
