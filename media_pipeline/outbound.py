@@ -24,6 +24,7 @@ from av import AudioFrame
 
 from media_pipeline import metrics
 from media_pipeline.audio import Resampler, float32_to_pcm16
+from roleplay.audio_format import SAMPLE_RATE
 
 FRAME_MS = 20
 REPACE_AFTER_S = 0.1
@@ -91,7 +92,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._pts = 0
         self._reply: _Reply | None = None
         self._record = record
-        self._to_16k = Resampler(sample_rate, 16000)
+        self._to_16k = Resampler(sample_rate, SAMPLE_RATE)
         self.underruns = 0
         self.frames_sent = 0
         self.last_send_at: float | None = None
@@ -106,7 +107,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._time_base = fractions.Fraction(1, sample_rate)
         self._silence = np.zeros(self.frame_samples, dtype=np.int16)
-        self._to_16k = Resampler(sample_rate, 16000)
+        self._to_16k = Resampler(sample_rate, SAMPLE_RATE)
 
     # --- producer side --------------------------------------------------------------------------
     @property

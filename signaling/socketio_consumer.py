@@ -250,7 +250,8 @@ class SocketIOConsumer(AsyncWebsocketConsumer):
             turns = ChunkTurns(await load_session_info(session_id), audio_config)
             chunk = self._open(turns, audio_config)
         elif chunk.user_id != self.user.pk:
-            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, "No such session.", {"session": session_id[:64]})
+            raise gateway.refused(gateway.Transport.CHUNK, gateway.Refusal.SESSION_NOT_FOUND, "No such session.",
+                                  session=session_id[:64])
         started = self._started_payload(info, chunk.audio_config, resumed=True, next_offset=chunk.next_offset)
         started["streamReset"] = stream_reset
         await self._emit("session-started", started)
