@@ -22,9 +22,11 @@ run: $(VENV)/.installed
 	$(PY) manage.py create_demo_data
 	$(PY) -m lingecho.server -b $(HOST) -p $(PORT) lingecho.asgi:application
 
-# The whole suite on the embedded default, then again on PostgreSQL + Redis when they are reachable.
+# Lint (ruff, then the import contracts in pyproject.toml), then the whole suite on the embedded
+# default, then again on PostgreSQL + Redis when they are reachable.
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m tests.run_suites
 
 test-fast: $(VENV)/.installed-dev
@@ -32,6 +34,7 @@ test-fast: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-dev
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

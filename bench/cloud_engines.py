@@ -48,10 +48,12 @@ def main() -> None:
     django.setup()
     logging.disable(logging.WARNING)
 
+    from lingecho.resilience.breaker import CircuitBreaker
+    from lingecho.resilience.retry import RetryPolicy
     from media_pipeline.engines import get_asr_engine, get_tts_engine
     from media_pipeline.engines.asr.dashscope_paraformer import DashScopeParaformerASR
     from media_pipeline.engines.asr.openai_compat import OpenAICompatASR
-    from media_pipeline.engines.resilience import CircuitBreaker, FallbackASR, FallbackTTS, RetryPolicy
+    from media_pipeline.engines.fallback import FallbackASR, FallbackTTS
     from media_pipeline.engines.tts.dashscope_cosyvoice import DashScopeCosyVoiceTTS
     from media_pipeline.engines.tts.openai_compat import OpenAICompatTTS
     from roleplay.dialog import Turn

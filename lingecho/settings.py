@@ -320,7 +320,7 @@ GC_FULL_COLLECTION_SECONDS = envfloat("GC_FULL_COLLECTION_SECONDS", 3600.0, mini
 # On SIGTERM/SIGINT lingecho.server ends every call (clients told, sessions ended, recordings
 # stored) for at most this long before daphne stops; stragglers are cancelled (signaling.shutdown).
 SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 10.0, minimum=0.0)
-# Added to the nice value of engine threads so socket loops preempt them (media_pipeline.priority).
+# Added to the nice value of engine threads so socket loops preempt them (lingecho.priority).
 ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)
 ENDPOINT_SILENCE_MS = envint("ENDPOINT_SILENCE_MS", 400, minimum=100)

@@ -3,3 +3,11 @@ from django.apps import AppConfig
 
 class MediaPipelineConfig(AppConfig):
     name = "media_pipeline"
+
+    def ready(self) -> None:
+        # The after-call job (roleplay.postprocess) re-transcribes recordings through this port, in
+        # whichever process runs it (Celery worker or the embedded server): roleplay never imports us.
+        from media_pipeline.retranscribe import FasterWhisperRetranscriber
+        from roleplay.transcription import register_retranscriber
+
+        register_retranscriber(FasterWhisperRetranscriber())

@@ -47,14 +47,17 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from media_pipeline.worker import MediaWorker
 
 
 class ErrorCode(StrEnum):
     """The nine ``error`` codes of both wire protocols (``/ws/voice/`` and the ``/socket.io/`` fallback).
 
     A StrEnum, so a member is its wire value (``ErrorCode.ASR_FAILED == "ERR_ASR_FAILED"``): no
-    other module spells an ``"ERR_…"`` literal (tests/test_error_codes.py checks).
+    other module spells an ``"ERR_…"`` literal (tests/media_pipeline/test_contract.py checks).
     """
 
     CONNECTION_FAILED = "ERR_CONNECTION_FAILED"
@@ -107,3 +110,35 @@ def hangup(*, session_id: str, reply_channel: str, reason: str, offer_id: int | 
     if offer_id is not None:
         data["offer_id"] = offer_id
     return to_worker("media.hangup", session_id=session_id, reply_channel=reply_channel, **data)
+
+
+# --- what signaling reads of the workers besides messages ----------------------------------------
+
+def live_worker_channels() -> set[str]:
+    """Channel names of media workers with a fresh heartbeat (a cache read: call it off the event loop).
+
+    The heartbeat is part of the contract: a consumer whose pinned worker is missing from this set
+    reports ``ERR_WEBRTC_FAILED`` and unpins (see the module doc).
+    """
+    from media_pipeline.heartbeat import live_workers
+
+    return {beat.get("channel", "") for beat in live_workers().values()}
+
+
+def in_process_worker() -> MediaWorker | None:
+    """This process's media worker when it runs embedded and has started on the running loop; else None.
+
+    The server's shutdown drain (``signaling.shutdown``) closes its calls and waits for their
+    recordings; with ``runworker media`` processes each one drains itself. Imported lazily: the
+    worker pulls in aiortc and the engines.
+    """
+    import asyncio
+
+    from django.conf import settings
+
+    if settings.MEDIA_WORKER_MODE != "embedded":
+        return None
+    from media_pipeline.worker import process_worker
+
+    worker = process_worker()
+    return worker if worker.loop is asyncio.get_running_loop() else None  # embedded: it shares the server's loop

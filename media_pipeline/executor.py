@@ -5,7 +5,7 @@ turn latency grows together until all of them time out. Here a task needs a *slo
 ``max_workers + max_queue``) before it is queued; when none is free the caller either gets
 ``EngineBusy`` at once or waits (with a timeout) — its choice, fixed per executor. The async
 path waits on an asyncio future, so it never blocks the event loop. Its threads run at a lower
-priority (:mod:`media_pipeline.priority`) so the loops they serve are never starved of CPU.
+priority (:mod:`lingecho.priority`) so the loops they serve are never starved of CPU.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self, TypeVar
 
+from lingecho.priority import lower_current_thread_priority
 from media_pipeline import metrics
-from media_pipeline.priority import lower_current_thread_priority
 
 T = TypeVar("T")
 

@@ -1,5 +1,8 @@
 """Whole-call re-transcription after the call, offline, with word timestamps.
 
+This implements the after-call job's port (:mod:`roleplay.transcription`); ``MediaPipelineConfig.ready``
+registers :class:`FasterWhisperRetranscriber` in every process.
+
 The live transcript is decoded utterance by utterance under a latency budget; afterwards there is
 time to decode the whole recording again, with a larger model if one is configured
 (``ARCHIVE_ASR_MODEL_PATH``, else ``ASR_MODEL_PATH``, else the bundled tiny.en). Each channel of the
@@ -14,19 +17,15 @@ costs time) and maps the timestamps back onto the recording's timeline.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 
 from media_pipeline.engines.asr.base import whisper_language
+from roleplay.audio_format import SAMPLE_RATE as RATE
+from roleplay.transcription import RecordingUnreadable, RetranscribeOptions
 
-RATE = 16000
 CHANNELS = ("trainee", "buyer")  # column order of the stereo recording
-
-
-class RecordingUnreadable(ValueError):
-    """The stored recording could not be decoded (not transient: retrying will not help)."""
 
 
 def load_stereo(source: str | IO[bytes]) -> np.ndarray:
@@ -53,14 +52,6 @@ def load_stereo(source: str | IO[bytes]) -> np.ndarray:
     if not chunks:
         return np.zeros((0, 2), dtype=np.int16)
     return np.concatenate(chunks).astype(np.int16, copy=False)
-
-
-@dataclass(frozen=True)
-class RetranscribeOptions:
-    model_path: str = ""  # empty: the bundled default model
-    language: str = "en"
-    beam_size: int = 1
-    cpu_threads: int = 2
 
 
 def _engine(options: RetranscribeOptions) -> Any:
@@ -145,3 +136,13 @@ def retranscribe(stereo: np.ndarray, options: RetranscribeOptions) -> dict[str, 
     result["status"] = "done"
     result["elapsed_s"] = round(time.perf_counter() - started, 3)
     return result
+
+
+class FasterWhisperRetranscriber:
+    """:class:`roleplay.transcription.Retranscriber` with the offline faster-whisper model (loaded per job)."""
+
+    def load_stereo(self, source: str | IO[bytes]) -> np.ndarray:
+        return load_stereo(source)
+
+    def retranscribe(self, stereo: np.ndarray, options: RetranscribeOptions) -> dict[str, object]:
+        return retranscribe(stereo, options)

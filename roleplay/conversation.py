@@ -17,6 +17,7 @@ from channels.db import database_sync_to_async
 
 from roleplay import selectors, services
 from roleplay.dialog import BrainState, BuyerBrain, ScenarioBrief, Turn
+from roleplay.dialog.choice import select_brain
 from roleplay.errors import SessionEnded
 from roleplay.models import RealtimeSession, Utterance
 
@@ -35,8 +36,6 @@ class ConversationContext:
 def _brain_for(context: ConversationContext) -> BuyerBrain:
     """The scenario's brain override, else settings.BRAIN_ENGINE; a cloud brain comes wrapped so a
     failing endpoint falls back to the scripted buyer mid-call instead of leaving the trainee waiting."""
-    from media_pipeline.engines.select import select_brain
-
     return select_brain(context.brain_engine or None)
 
 

@@ -7,7 +7,8 @@ One service, ``session_process``, runs the steps in order and publishes its prog
 1. load the recording (the raw stereo WAV from ``media_pipeline.recording``; on a re-run after the WAV
    was dropped, the archived Opus copy),
 2. transcode it to WebM/Opus (stereo: trainee left, buyer right — small, and every browser plays it),
-3. transcribe it again offline with word timestamps (``media_pipeline.retranscribe``),
+3. transcribe it again offline with word timestamps (the ``roleplay.transcription`` port, which the
+   media pipeline implements),
 4. compute metrics and rubric scores (``roleplay.analytics_service``),
 5. write the transcript (JSON, text, WebVTT), the analytics JSON and a manifest.
 
@@ -58,13 +59,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from roleplay import analytics_service
+from roleplay.audio_format import SAMPLE_RATE as RATE
 from roleplay.models import RealtimeSession, SessionAnalytics, Utterance
 from roleplay.recording_segments import raw_recording_name
+from roleplay.transcription import RecordingUnreadable, RetranscribeOptions, get_retranscriber
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_VERSION = 1
-RATE = 16000
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -305,11 +307,9 @@ def recording_source(session: RealtimeSession) -> str | None:
 
 
 def load_recording(name: str) -> np.ndarray:
-    from media_pipeline.retranscribe import load_stereo
-
     with default_storage.open(name, "rb") as handle:
         data = handle.read()  # S3 file objects seek poorly; a call recording fits in memory
-    return load_stereo(io.BytesIO(data))
+    return get_retranscriber().load_stereo(io.BytesIO(data))
 
 
 def encode_opus(stereo: np.ndarray, path: str, *, bitrate: int) -> None:
@@ -386,8 +386,6 @@ def _test_pause(step: str) -> None:
 
 
 def _retranscribe(session: RealtimeSession, stereo: np.ndarray | None) -> dict[str, Any]:
-    from media_pipeline.retranscribe import RecordingUnreadable, RetranscribeOptions, retranscribe
-
     if stereo is None or not len(stereo):
         return {"status": "skipped", "reason": "no recording", "segments": []}
     options = RetranscribeOptions(
@@ -397,7 +395,7 @@ def _retranscribe(session: RealtimeSession, stereo: np.ndarray | None) -> dict[s
         cpu_threads=settings.ARCHIVE_ASR_CPU_THREADS,
     )
     try:
-        return retranscribe(stereo, options)
+        return get_retranscriber().retranscribe(stereo, options)
     except RecordingUnreadable as exc:
         return {"status": "failed", "reason": str(exc), "segments": []}
 
@@ -434,8 +432,6 @@ def _process(session_id: str, version: int) -> str:
     stereo = None
     recording_note: str | None = None
     if source is not None:
-        from media_pipeline.retranscribe import RecordingUnreadable
-
         try:
             stereo = load_recording(source)
         except RecordingUnreadable as exc:

@@ -20,7 +20,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import connections
 
-from media_pipeline.priority import lower_current_thread_priority
+from lingecho.priority import lower_current_thread_priority
 from roleplay import lifecycle, postprocess
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from media_pipeline.heartbeat import live_workers
+from media_pipeline import contract
 from roleplay import conversation, selectors, services
 from roleplay.errors import LiveSessionLimit, NotFound, SessionEnded, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, Scenario, User
@@ -194,10 +194,6 @@ async def text_turn(*, session_id: str, text: str) -> BuyerText:
     return _buyer_text(reply, utterance.pk)
 
 
-def _live_channels() -> set[str]:
-    return {beat.get("channel", "") for beat in live_workers().values()}
-
-
 async def live_worker_channels() -> set[str]:
     """Channel names of media workers with a fresh heartbeat (cache read off the event loop)."""
-    return await sync_to_async(_live_channels, thread_sensitive=False)()
+    return await sync_to_async(contract.live_worker_channels, thread_sensitive=False)()

@@ -38,15 +38,12 @@ import time
 import weakref
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 
+from media_pipeline.contract import in_process_worker
 from signaling.chunk_sessions import manager as chunk_manager
-
-if TYPE_CHECKING:
-    from media_pipeline.worker import MediaWorker
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +56,14 @@ class LiveCall(Protocol):
     """A consumer the drain can end: ``end_for_shutdown`` tells its client and ends its session."""
 
     async def end_for_shutdown(self, reason: str) -> None: ...
+
+
+class MediaWorker(Protocol):
+    """The embedded media worker as the drain sees it (``media_pipeline.worker.MediaWorker``)."""
+
+    sessions: dict[str, Any]
+
+    async def drain(self, reason: str = ..., timeout: float | None = None) -> dict[str, Any]: ...
 
 
 _calls: weakref.WeakSet[LiveCall] = weakref.WeakSet()  # weak: a consumer killed without disconnect leaves no trace
@@ -124,7 +129,7 @@ async def drain(*, timeout: float, reason: str = REASON) -> DrainReport:
     detached = list(chunk_manager.sessions)
     report.detached_chunk_sessions = len(detached)
     report.cancelled += await _bounded((chunk_manager.close(sid, reason) for sid in detached), deadline)
-    worker = _embedded_worker()
+    worker = in_process_worker()
     if worker is not None:
         report.worker_calls = len(worker.sessions)
         report.cancelled += await _bounded([_drain_worker(worker, reason, deadline)], deadline)
@@ -147,16 +152,6 @@ async def _bounded(steps: Iterable[Awaitable[object]], deadline: float) -> int:
     for task in pending:
         task.cancel()
     return len(pending)
-
-
-def _embedded_worker() -> MediaWorker | None:
-    """This process's media worker if it runs embedded and has started; None otherwise."""
-    if settings.MEDIA_WORKER_MODE != "embedded":
-        return None
-    from media_pipeline.worker import process_worker  # lazily: the worker pulls in aiortc and the engines
-
-    worker = process_worker()
-    return worker if worker.loop is asyncio.get_running_loop() else None  # embedded: it shares the server's loop
 
 
 async def _drain_worker(worker: MediaWorker, reason: str, deadline: float) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from media_pipeline.engines.resilience import mark, redact, register_secret, retryable_status
+from lingecho.resilience.errors import mark, retryable_status
+from lingecho.resilience.redaction import redact, register_secret
 
 # websockets logs every handshake header (the key included) at DEBUG on the logger it is given.
 # This logger is pinned at INFO so a DEBUG root logger never turns that on.

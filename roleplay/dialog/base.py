@@ -79,6 +79,10 @@ class BrainState:
     extra: dict[str, object] = field(default_factory=dict)  # brain-specific details, for debugging
 
 
+class BrainError(RuntimeError):
+    """A cloud buyer brain failed (the scripted brain takes over; no protocol error of its own)."""
+
+
 @runtime_checkable
 class BuyerBrain(Protocol):
     name: str

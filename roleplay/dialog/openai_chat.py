@@ -23,9 +23,10 @@ from typing import Any
 
 import httpx
 
-from media_pipeline.engines.resilience import BrainError, mark, redact, register_secret, retryable_status
+from lingecho.resilience.errors import api_error_message, mark, retryable_status
+from lingecho.resilience.redaction import redact, register_secret
 from roleplay.dialog import register_brain
-from roleplay.dialog.base import BUYER, BrainState, ScenarioBrief, SentenceChunker, Turn
+from roleplay.dialog.base import BUYER, BrainError, BrainState, ScenarioBrief, SentenceChunker, Turn
 from roleplay.dialog.prompt import MAX_SENTENCES, build_system_prompt, is_chinese
 from roleplay.dialog.scripted import ScriptedBrain
 
@@ -152,8 +153,6 @@ class OpenAIChatBrain:
                 async with client.stream("POST", f"{self.base_url}/chat/completions", json=body) as response:
                     if response.status_code != 200:
                         await response.aread()
-                        from media_pipeline.engines.asr.openai_compat import api_error_message
-
                         raise mark(BrainError(f"HTTP {response.status_code}: {api_error_message(response)}"),
                                    retryable=retryable_status(response.status_code), status=response.status_code)
                     event: list[str] = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lingecho.resilience.breaker import reset_breakers
 from media_pipeline.engines.asr.dashscope_paraformer import DashScopeParaformerASR
-from media_pipeline.engines.resilience import reset_breakers
-from media_pipeline.engines.select import forget_shared_engines, pin_shared_engine
+from media_pipeline.engines.choice import forget_shared_engines, pin_shared_engine
 from media_pipeline.engines.tts.dashscope_cosyvoice import DashScopeCosyVoiceTTS
 from tests.cloud.fakes import KEY, FakeDashScope, FakeOpenAI
 

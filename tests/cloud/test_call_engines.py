@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from media_pipeline.engines.resilience import EngineFailure, FallbackASR, FallbackTTS
-from media_pipeline.runtime import call_engines, failure_listener, get_engines
+from lingecho.resilience.failures import EngineFailure
+from media_pipeline.engine_pool import call_engines, failure_listener, get_engines
+from media_pipeline.engines.fallback import FallbackASR, FallbackTTS
 
 
 class Scenario:

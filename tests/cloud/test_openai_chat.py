@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from media_pipeline.engines.resilience import BrainError
 from roleplay.dialog import Turn, get_brain
+from roleplay.dialog.base import BrainError
 from roleplay.dialog.openai_chat import OpenAIChatBrain, clean, parse_sse
 from roleplay.dialog.prompt import build_system_prompt
 from tests.cloud.briefs import SECRET_GOAL, SECRET_GOAL_ZH, chinese_brief, english_brief

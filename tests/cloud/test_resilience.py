@@ -7,25 +7,20 @@ import logging
 import numpy as np
 import pytest
 
+from lingecho.resilience.breaker import CircuitBreaker
+from lingecho.resilience.errors import mark
+from lingecho.resilience.redaction import redact, register_secret
+from lingecho.resilience.retry import RetryPolicy, call_with_retries
 from media_pipeline.engines import get_asr_engine, get_tts_engine
 from media_pipeline.engines.asr.base import ASRError
 from media_pipeline.engines.asr.dashscope_paraformer import DashScopeParaformerASR
 from media_pipeline.engines.asr.openai_compat import OpenAICompatASR
-from media_pipeline.engines.resilience import (
-    CircuitBreaker,
-    FallbackASR,
-    FallbackBrain,
-    FallbackTTS,
-    RetryPolicy,
-    call_with_retries,
-    mark,
-    redact,
-    register_secret,
-)
+from media_pipeline.engines.fallback import FallbackASR, FallbackTTS
 from media_pipeline.engines.tts.base import TTSError
 from media_pipeline.engines.tts.dashscope_cosyvoice import DashScopeCosyVoiceTTS
 from media_pipeline.engines.tts.openai_compat import OpenAICompatTTS
 from roleplay.dialog import ScriptedBrain, Turn
+from roleplay.dialog.fallback import FallbackBrain
 from roleplay.dialog.openai_chat import OpenAIChatBrain
 from tests.audio_fixtures import speak
 from tests.cloud.briefs import english_brief

@@ -15,11 +15,12 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from media_pipeline.recording import CallRecorder, raw_recording_name
-from media_pipeline.retranscribe import RetranscribeOptions, load_stereo, retranscribe
+from media_pipeline.retranscribe import load_stereo, retranscribe
 from roleplay import services
 from roleplay.models import RealtimeSession, SessionAnalytics
 from roleplay.postprocess import archive_names
 from roleplay.tasks import process_session, retry_countdown, sweep_sessions
+from roleplay.transcription import RetranscribeOptions
 from tests.audio_fixtures import speak
 from tests.roleplay.recorded_call import make_recorded_session
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lingecho.resilience.redaction import register_secret
 from media_pipeline.audio import float32_to_pcm16
 from media_pipeline.engines.asr.base import (
     MIN_AUDIO_S,
@@ -24,7 +25,6 @@ from media_pipeline.engines.asr.base import (
     whisper_language,
 )
 from media_pipeline.engines.dashscope import DashScopeTask, settings_value
-from media_pipeline.engines.resilience import register_secret
 
 FRAME_SAMPLES = SAMPLE_RATE // 10  # 100 ms, the documented frame size
 LANGUAGES = ("zh", "en", "ja", "ko", "yue", "de", "fr", "ru")  # paraformer-realtime-v2's language hints

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from lingecho.resilience.errors import api_error_message, mark, retryable_status
+from lingecho.resilience.redaction import register_secret
 from media_pipeline.audio import wav_bytes
 from media_pipeline.engines.asr.base import (
     MIN_AUDIO_S,
@@ -26,7 +28,6 @@ from media_pipeline.engines.asr.base import (
     whisper_language,
 )
 from media_pipeline.engines.asr.faster_whisper import segment_confidence
-from media_pipeline.engines.resilience import mark, redact, register_secret, retryable_status
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,6 @@ def _settings(name: str, default: Any) -> Any:
     from django.conf import settings
 
     return getattr(settings, name, default)
-
-
-def api_error_message(response: httpx.Response) -> str:
-    """The provider's own explanation: OpenAI's ``{"error": {"message"}}`` or DashScope's ``message``."""
-    try:
-        body = response.json()
-    except ValueError:
-        return redact(response.text[:200] or response.reason_phrase)
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict):
-            return redact(str(err.get("message") or err.get("code") or err))
-        if isinstance(err, str):
-            return redact(err)
-        if body.get("message"):
-            return redact(str(body["message"]))
-    return redact(str(body)[:200])
 
 
 class OpenAICompatASR(ASREngine):

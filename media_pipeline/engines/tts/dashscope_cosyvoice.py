@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from lingecho.resilience.redaction import register_secret
 from media_pipeline.engines.dashscope import DashScopeTask, settings_value
-from media_pipeline.engines.resilience import is_provider_voice, register_secret
 from media_pipeline.engines.tts.base import TTSEngine, TTSError, check_prosody
+from media_pipeline.engines.tts.voices import is_provider_voice
 
 RATES = (8000, 16000, 22050, 24000, 44100, 48000)  # what the service accepts
 

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 
-from media_pipeline.engines.asr.openai_compat import _settings, api_error_message
-from media_pipeline.engines.resilience import is_provider_voice, mark, register_secret, retryable_status
+from lingecho.resilience.errors import api_error_message, mark, retryable_status
+from lingecho.resilience.redaction import register_secret
+from media_pipeline.engines.asr.openai_compat import _settings
 from media_pipeline.engines.tts.base import TTSEngine, TTSError, check_prosody
+from media_pipeline.engines.tts.voices import is_provider_voice
 
 READ_BYTES = 4800  # 100 ms at 24 kHz: small enough that the first audio leaves early
 

@@ -1,14 +1,19 @@
-"""Engine selection: scenario override > settings > offline default, cloud engines wrapped in fallbacks."""
+"""Engine choice: scenario override > settings > offline default, cloud engines wrapped in fallbacks.
+
+ASR and TTS are chosen by the media pipeline (media_pipeline.engines.choice), the buyer brain by
+the conversation (roleplay.dialog.choice); both follow the same precedence."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from media_pipeline.engines.asr.faster_whisper import FasterWhisperEngine
-from media_pipeline.engines.resilience import FallbackASR, FallbackBrain, FallbackTTS
-from media_pipeline.engines.select import engines_for_scenario, resolve_name, select_asr, select_brain, select_tts
+from media_pipeline.engines.choice import engines_for_scenario, resolve_name, select_asr, select_tts
+from media_pipeline.engines.fallback import FallbackASR, FallbackTTS
 from media_pipeline.engines.tts.espeak import EspeakTTSEngine
 from roleplay.dialog import ScriptedBrain
+from roleplay.dialog.choice import select_brain
+from roleplay.dialog.fallback import FallbackBrain
 from tests.cloud.fakes import KEY
 
 
@@ -21,8 +26,8 @@ def test_the_offline_engines_are_the_default_and_come_unwrapped(settings):
     engines = engines_for_scenario(scenario())
     assert isinstance(engines.asr, FasterWhisperEngine)
     assert isinstance(engines.tts, EspeakTTSEngine)
-    assert isinstance(engines.brain, ScriptedBrain)
-    assert engines.names == {"asr": "faster_whisper", "tts": "espeak", "brain": "scripted"}
+    assert isinstance(select_brain(""), ScriptedBrain)
+    assert engines.names == {"asr": "faster_whisper", "tts": "espeak"}
 
 
 def test_settings_pick_cloud_engines_wrapped_in_their_offline_fallback(settings):
@@ -31,14 +36,17 @@ def test_settings_pick_cloud_engines_wrapped_in_their_offline_fallback(settings)
     engines = engines_for_scenario(scenario())
     assert isinstance(engines.asr, FallbackASR) and isinstance(engines.asr.fallback, FasterWhisperEngine)
     assert isinstance(engines.tts, FallbackTTS) and isinstance(engines.tts.fallback, EspeakTTSEngine)
-    assert isinstance(engines.brain, FallbackBrain) and isinstance(engines.brain.fallback, ScriptedBrain)
-    assert engines.names == {"asr": "dashscope_paraformer", "tts": "dashscope_cosyvoice", "brain": "qwen"}
+    brain = select_brain("")
+    assert isinstance(brain, FallbackBrain) and isinstance(brain.fallback, ScriptedBrain)
+    assert engines.names == {"asr": "dashscope_paraformer", "tts": "dashscope_cosyvoice"}
+    assert brain.name == "qwen"
 
 
 def test_a_scenario_override_wins_over_settings(settings):
     settings.ASR_ENGINE, settings.TTS_ENGINE, settings.BRAIN_ENGINE = "openai", "openai", "openai"
     engines = engines_for_scenario(scenario(asr="faster_whisper", tts="dashscope_cosyvoice", brain="scripted"))
-    assert engines.names == {"asr": "faster_whisper", "tts": "dashscope_cosyvoice", "brain": "scripted"}
+    assert engines.names == {"asr": "faster_whisper", "tts": "dashscope_cosyvoice"}
+    assert select_brain("scripted").name == "scripted"
     assert resolve_name("  ", "ASR_ENGINE", "faster_whisper") == "openai"
 
 
@@ -53,7 +61,8 @@ def test_the_failure_listener_reaches_every_wrapper(settings):
     settings.ASR_ENGINE, settings.TTS_ENGINE, settings.BRAIN_ENGINE = "openai", "openai", "openai"
     heard = []
     engines = engines_for_scenario(None, on_failure=heard.append)
-    assert all(e._reporter.on_failure == heard.append for e in (engines.asr, engines.tts, engines.brain))
+    brain = select_brain(None, on_failure=heard.append)
+    assert all(e._reporter.on_failure == heard.append for e in (engines.asr, engines.tts, brain))
 
 
 def test_the_chinese_demo_scenario_can_be_pointed_at_dashscope(settings):

@@ -1,11 +1,11 @@
-"""Engine threads run below the socket loops' priority (media_pipeline.priority)."""
+"""Engine threads run below the socket loops' priority (lingecho.priority)."""
 
 from __future__ import annotations
 
 import threading
 
+from lingecho.priority import current_thread_nice, lower_current_thread_priority
 from media_pipeline.executor import BoundedExecutor
-from media_pipeline.priority import current_thread_nice, lower_current_thread_priority
 
 
 async def test_engine_threads_run_at_a_lower_priority_than_the_loop(settings):

@@ -1,4 +1,4 @@
-"""Which engines a call uses: the scenario's override, else the settings, else the offline default.
+"""Which ASR and TTS a call uses: the scenario's override, else the settings, else the offline default.
 
 A cloud engine always comes wrapped in its ``Fallback*`` with the offline engine behind it, so
 the pipeline never needs to know whether the engine in hand is local or remote; an offline
@@ -8,6 +8,9 @@ the offline default: a misconfigured scenario must not stop trainees from practi
 The ASR fallback is the configured faster-whisper model. tiny.en (the bundled default) cannot
 do Chinese, so for a zh-CN call whose cloud ASR fails there is nothing behind it: the wrapper
 raises ``ASRError`` (ERR_ASR_FAILED) and the trainee continues by typing.
+
+The buyer brain is chosen the same way by the conversation (``roleplay.dialog.choice``): the
+media pipeline never picks a brain.
 """
 
 from __future__ import annotations
@@ -17,22 +20,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from lingecho.resilience.breaker import breaker_for
+from lingecho.resilience.failures import FailureListener
 from media_pipeline.engines import ASR_ENGINES, TTS_ENGINES, get_asr_engine, get_tts_engine
 from media_pipeline.engines.asr.base import ASREngine
-from media_pipeline.engines.resilience import (
-    FailureListener,
-    FallbackASR,
-    FallbackBrain,
-    FallbackTTS,
-    breaker_for,
-)
+from media_pipeline.engines.fallback import FallbackASR, FallbackTTS
 from media_pipeline.engines.tts.base import TTSEngine
 
 log = logging.getLogger(__name__)
 
 OFFLINE_ASR = "faster_whisper"
 OFFLINE_TTS = "espeak"
-OFFLINE_BRAIN = "scripted"
 
 
 def _settings(name: str, default: str) -> str:
@@ -118,35 +116,20 @@ def select_tts(override: str | None = None, *, on_failure: FailureListener | Non
     return FallbackTTS(_shared("tts", name), fallback, breaker=breaker_for(f"tts:{name}"), on_failure=on_failure)
 
 
-def select_brain(override: str | None = None, *, on_failure: FailureListener | None = None) -> Any:
-    from roleplay.dialog import get_brain
-
-    name = resolve_name(override, "BRAIN_ENGINE", OFFLINE_BRAIN)
-    try:
-        brain = get_brain(name)
-    except KeyError:
-        log.warning("unknown buyer brain %r; using %s", name, OFFLINE_BRAIN)
-        return get_brain(OFFLINE_BRAIN)
-    if name == OFFLINE_BRAIN:
-        return brain
-    return FallbackBrain(brain, get_brain(OFFLINE_BRAIN), breaker=breaker_for(f"brain:{name}"), on_failure=on_failure)
-
-
 @dataclass
 class CallEngines:
     asr: ASREngine
     tts: TTSEngine
-    brain: Any  # roleplay.dialog.BuyerBrain
 
     @property
     def names(self) -> dict[str, str]:
-        return {"asr": self.asr.name, "tts": self.tts.name, "brain": self.brain.name}
+        return {"asr": self.asr.name, "tts": self.tts.name}
 
 
 def engines_for_scenario(scenario: Any = None, *, on_failure: FailureListener | None = None,
                          offline_asr_engine: ASREngine | None = None,
                          offline_tts_engine: TTSEngine | None = None) -> CallEngines:
-    """The three engines for one call. ``scenario``: a Scenario (or anything with the override fields).
+    """The speech engines for one call. ``scenario``: a Scenario (or anything with the override fields).
 
     Cheap to call once per call: cloud engines and breakers are shared per process, and the
     process's loaded offline engines can be passed in. ``on_failure`` receives every
@@ -156,5 +139,4 @@ def engines_for_scenario(scenario: Any = None, *, on_failure: FailureListener | 
     return CallEngines(
         asr=select_asr(getattr(scenario, "asr_engine", ""), on_failure=on_failure, offline=offline_asr_engine),
         tts=select_tts(getattr(scenario, "tts_engine", ""), on_failure=on_failure, offline=offline_tts_engine),
-        brain=select_brain(getattr(scenario, "brain_engine", ""), on_failure=on_failure),
     )
