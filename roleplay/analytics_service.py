@@ -27,9 +27,9 @@ logger = logging.getLogger(__name__)
 
 def _next_step_phrases() -> tuple[str, ...]:
     """The scripted buyer's own list of next-step proposals, so scoring and the buyer agree."""
-    from roleplay.dialog.scripted import NEXT_STEP
+    from roleplay.dialog.scripted.phrasebook import phrasebooks
 
-    return tuple(phrase for phrase, _kind in NEXT_STEP)
+    return phrasebooks().keywords.next_step_phrases()
 
 
 def spoken_of(utterances: Sequence[Utterance]) -> list[Spoken]:
