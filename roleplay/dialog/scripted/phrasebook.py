@@ -188,7 +188,7 @@ def load_phrasebooks(directory: Path = PHRASES_DIR) -> Phrasebooks:
     for path in paths:
         if path.stem != REFERENCE:
             books[path.stem] = _parse(path, raw[path.stem], reference)
-    merged = Keywords.merged([books[REFERENCE].keywords] + [b.keywords for k, b in books.items() if k != REFERENCE])
+    merged = Keywords.merged([book.keywords for book in books.values()])  # English first
     return Phrasebooks(books=MappingProxyType(books), keywords=merged)
 
 
