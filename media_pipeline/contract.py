@@ -41,6 +41,11 @@ Both sides also share the protocol's error codes (:class:`ErrorCode`: the worker
 carry them, the consumers send them) and the wall clock messages are stamped with (:func:`now_ms`).
 They live here, not in ``signaling.protocol``, because the media worker must not import signaling;
 ``signaling.protocol`` re-exports them.
+
+This module is signaling's only door into the media pipeline (an import-linter contract in
+pyproject.toml checks it): besides the messages, signaling reads the workers' heartbeat here
+(:func:`live_worker_channels`) and, at shutdown, finds the embedded worker to drain
+(:func:`in_process_worker`).
 """
 
 from __future__ import annotations

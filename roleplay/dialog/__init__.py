@@ -3,7 +3,9 @@
 `get_brain(name)` returns a brain by its settings name. The scripted persona engine is always
 available; other brains live in their own module here and register themselves on import with
 `register_brain` (the module is imported lazily the first time its name is asked for, so an
-optional cloud client is never imported by a deployment that does not use it).
+optional cloud client is never imported by a deployment that does not use it). Which brain a
+call gets is decided in `choice.select_brain` (scenario override > settings > scripted); a cloud
+brain comes wrapped in `fallback.FallbackBrain`, with the scripted buyer behind it.
 """
 
 from __future__ import annotations
