@@ -53,13 +53,26 @@ def rss_mb(pid: int) -> float:
 
 
 def scrape(port: int) -> dict[str, float]:
+    """The leak figures from /metrics, plus ``tasks:<kind>`` for each kind of task on the server loop."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     found: dict[str, float] = {}
     for name in METRICS:
         match = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
         found[name] = float(match.group(1)) if match else float("nan")
+    for kind, value in re.findall(r'^lingecho_event_loop_tasks_by_kind\{kind="([^"]+)"\} ([0-9.e+-]+)$', text,
+                                  re.MULTILINE):
+        found[f"tasks:{kind}"] = float(value)
     return found
+
+
+def processing_backlog(db_path: Path) -> tuple[dict[str, int], int]:
+    with sqlite3.connect(db_path, timeout=10) as db:
+        states = dict(db.execute("select state, count(*) from roleplay_realtimesession group by state"))
+        unprocessed = db.execute(
+            "select count(*) from roleplay_realtimesession where state='ended' and processing not in "
+            "('done','failed')").fetchone()[0]
+    return states, unprocessed
 
 
 class Soak:
@@ -190,13 +203,15 @@ async def soak(args: argparse.Namespace) -> int:
         await asyncio.gather(*(one(i) for i in range(2, args.cycles + 2)))
         took = time.monotonic() - began
         await asyncio.sleep(args.resume_seconds + args.cooldown)  # dropped sessions expire, peers time out
+        # The embedded default processes ended calls one at a time in the background: wait for the
+        # backlog (bounded), so the final RSS is the server at rest, not mid-job.
+        drain_until = time.monotonic() + args.drain_timeout
+        states, unprocessed = processing_backlog(tmp / "db.sqlite3")
+        while unprocessed and time.monotonic() < drain_until:
+            await asyncio.sleep(5)
+            states, unprocessed = processing_backlog(tmp / "db.sqlite3")
         after = scrape(stack.port)
         rss_after = rss_mb(pid)
-        with sqlite3.connect(tmp / "db.sqlite3") as db:
-            states = dict(db.execute("select state, count(*) from roleplay_realtimesession group by state"))
-            unprocessed = db.execute(
-                "select count(*) from roleplay_realtimesession where state='ended' and processing not in "
-                "('done','failed')").fetchone()[0]
     finally:
         stack.stop()
     print(f"churn soak: {args.cycles} cycles, {args.parallel} at a time, in {took:.0f} s")
@@ -209,6 +224,9 @@ async def soak(args: argparse.Namespace) -> int:
     print(f"  {'server RSS MB':32} {rss_before:8.1f} {rss_after:8.1f}  (growth {rss_after - rss_before:+.1f} MB, "
           f"{(rss_after - rss_before) * 1024 / max(1, args.cycles):.0f} KB per cycle)")
     print(f"  sessions by state after cool-down: {states}; ended but not processed: {unprocessed}")
+    for kind in sorted(k for k in set(before) | set(after) if k.startswith("tasks:")):
+        if after.get(kind, 0) != before.get(kind, 0):
+            print(f"  {kind:32} {before.get(kind, 0):8.0f} {after.get(kind, 0):8.0f}")
     leaked = [n for n in METRICS if after[n] > before[n]]
     live = states.get("live", 0) + states.get("dropped", 0)
     if leaked or live:
@@ -225,6 +243,8 @@ def main() -> None:
     parser.add_argument("--resume-seconds", type=int, default=5)
     parser.add_argument("--cooldown", type=float, default=40.0,
                         help="seconds after the last cycle before the final reading (dead peers take ~30 s)")
+    parser.add_argument("--drain-timeout", type=float, default=900.0,
+                        help="longest wait for the after-call backlog before the final reading")
     parser.add_argument("--seed", type=int, default=1)
     raise SystemExit(asyncio.run(soak(parser.parse_args())))
 

@@ -63,12 +63,35 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 LOOP_TASKS = Gauge("lingecho_event_loop_tasks", "asyncio tasks alive on the server's event loop")
+LOOP_TASKS_BY_KIND = Gauge(
+    "lingecho_event_loop_tasks_by_kind", "asyncio tasks on the server's loop by the leading words of their name",
+    ["kind"],
+)
+
+
+def task_kind(name: str) -> str:
+    """``chunks-<session id>`` -> ``chunks``, ``sio-ping-<sid>`` -> ``sio-ping``, ``Task-12`` -> ``unnamed``:
+    the leading lower-case words of a task's name, so the label set stays small (never an id)."""
+    words = []
+    for part in name.split("-"):
+        if not part.isalpha() or not part.islower() or len(part) > 20:
+            break
+        words.append(part)
+    return "-".join(words[:3]) or "unnamed"
 CHUNK_SESSIONS = Gauge("lingecho_chunk_sessions", "Socket.IO fallback sessions held by this process")
 
 
 async def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text. Async so the loop's own task count can be read where it is exact: a task
     (or chunk session) still alive after its call ended is a leak, which the churn soak looks for."""
-    LOOP_TASKS.set(len(asyncio.all_tasks()))
+    tasks = asyncio.all_tasks()
+    LOOP_TASKS.set(len(tasks))
+    kinds: dict[str, int] = {}
+    for task in tasks:
+        kind = task_kind(task.get_name())
+        kinds[kind] = kinds.get(kind, 0) + 1
+    LOOP_TASKS_BY_KIND.clear()
+    for kind, count in kinds.items():
+        LOOP_TASKS_BY_KIND.labels(kind=kind).set(count)
     CHUNK_SESSIONS.set(len(chunk_manager.sessions))
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
