@@ -37,6 +37,7 @@ from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
 from signaling.db import until_recorded
 from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid, now_ms
 from signaling.ratelimit import TokenBucket
+from signaling.sending import DropSendsAfterClose
 from signaling.socketio_wire import (
     ENGINEIO_VERSION,
     Ack,
@@ -68,7 +69,7 @@ def ping_timeout_seconds() -> float:
     return max(1.0, settings.WS_IDLE_TIMEOUT_SECONDS - settings.WS_PING_INTERVAL_SECONDS)
 
 
-class SocketIOConsumer(AsyncWebsocketConsumer):
+class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' own ``dispatch`` runs ``close_old_connections`` on the one shared sync thread
         before *every* message, so each audio chunk's ack waited behind whatever database write

@@ -48,6 +48,7 @@ from signaling.protocol import (
     parse_client_frame,
 )
 from signaling.ratelimit import TokenBucket
+from signaling.sending import DropSendsAfterClose
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _clock() -> float:
     return asyncio.get_running_loop().time()
 
 
-class VoiceConsumer(AsyncWebsocketConsumer):
+class VoiceConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
     session_id: str = ""
     info: gateway.SessionInfo | None = None
     state: State = State.WAITING
