@@ -48,7 +48,7 @@ async def run(turns: int, codec: str, engines: str = "offline") -> None:
     from asgiref.sync import sync_to_async
     from channels.layers import InMemoryChannelLayer
 
-    from media_pipeline.runtime import warm_up
+    from media_pipeline.engine_pool import warm_up
     from media_pipeline.worker import MediaWorker
     from roleplay.models import Utterance
     from tests.audio_fixtures import silence, speak

@@ -1,9 +1,9 @@
 """Turn logic of the audio-chunk path: flushed bytes in, Socket.IO events out.
 
-decode (webm_stream) → VAD endpointing (Silero) → final ASR (the scenario's) → the shared
-conversation turn (roleplay.conversation) → TTS stored as a WAV → ``avatar-response``.
+decode (webm_stream) → listening (VAD segmenting and the final ASR, ``media_pipeline.listening``)
+→ the shared conversation turn (roleplay.conversation) → TTS stored as a WAV → ``avatar-response``.
 
-It is the same set of engines and the same turn service as the WebRTC path; what differs is
+It is the same engine pool, listening stage and turn service as the WebRTC path; what differs is
 the delivery: the reply is a fetchable file rather than paced RTP, so there is no barge-in and
 no outbound pacing here. Everything CPU-bound runs in the shared bounded executors, never on the
 event loop that acknowledges chunks. Both sides are recorded with :class:`CallRecorder` on the
@@ -13,8 +13,8 @@ analytics cannot tell a chunked call from a WebRTC one.
 One :class:`ChunkTurns` per session; it is the ``ChunkSink`` of signaling.chunk_sessions.
 
 Load shape (100 concurrent sessions on two cores): the ack of a chunk never waits for anything
-here. Each flush (every piece a session buffered since its last flush) is one ``chunk-decode``
-executor call that decodes, resamples and VAD-scores it as one batch (Silero scores all its
+here. Each flush (every piece a session buffered since its last flush) is one decode-executor
+(``chunk-decode``) call that decodes, resamples and VAD-scores it as one batch (Silero scores all its
 windows in one ONNX run). Only finals are decoded by whisper on this path (no interims, no
 speculative decodes), each session has at most one turn in flight, and the ``asr`` executor
 hands out its slots first come first served, so finals from many sessions are served in order
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -36,19 +35,17 @@ from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from lingecho.resilience.redaction import redact
 from media_pipeline import audio as audio_utils
-from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model, select
-from media_pipeline.engines.asr.base import ASRError
-from media_pipeline.engines.resilience import FailureListener, redact
-from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
-from media_pipeline.executor import BoundedExecutor, EngineBusy
+from media_pipeline.contract import ErrorCode, now_ms
+from media_pipeline.engine_pool import call_engines, get_engines, start_warm_up
+from media_pipeline.executor import EngineBusy
+from media_pipeline.listening import Listening, Segment, heard
 from media_pipeline.recording import CallRecorder
-from media_pipeline.runtime import failure_listener
 from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
 from roleplay import conversation, services
 from roleplay.errors import DomainError
@@ -58,86 +55,10 @@ from roleplay.pages.media import media_url
 logger = logging.getLogger(__name__)
 
 RATE = audio_utils.ASR_RATE
-PREROLL_SAMPLES = RATE * 3 // 10  # keep 300 ms before the VAD's start: Silero starts a little late
-TAIL_SAMPLES = RATE // 10
-MAX_UTTERANCE_SAMPLES = RATE * 30
 MAX_PENDING_TURNS = 4  # utterances or typed turns queued behind the one being answered
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 CloseRequest = Callable[[str], Awaitable[None]]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# --- shared engines and executors (one per process, whichever transport asks first) -------------
-
-_lock = threading.Lock()
-_executors: dict[str, BoundedExecutor] = {}
-_engines: dict[tuple[str, str], Any] = {}
-
-
-def executor(kind: str) -> BoundedExecutor:
-    """Bounded pools: ``asr`` and ``tts`` per the ENGINE_* settings; ``chunk-decode`` for decode+VAD."""
-    with _lock:
-        pool = _executors.get(kind)
-        if pool is None:
-            workers = settings.CHUNK_DECODE_WORKERS if kind == "chunk-decode" else settings.ENGINE_WORKERS
-            queue = settings.ENGINE_QUEUE_DEPTH * (4 if kind == "chunk-decode" else 1)
-            pool = BoundedExecutor(kind, max_workers=workers, max_queue=queue, block=True,
-                                   timeout=settings.ENGINE_TIMEOUT_SECONDS)
-            _executors[kind] = pool
-        return pool
-
-
-def offline_engine(kind: str) -> Any:
-    """The process's offline ASR (faster-whisper) or TTS (eSpeak) for this path: it serves offline
-    scenarios and stands behind every cloud engine."""
-    with _lock:
-        engine = _engines.get((kind, "offline"))
-        if engine is None:
-            if kind == "asr":
-                engine = get_asr_engine(select.OFFLINE_ASR, model_path=settings.ASR_MODEL_PATH or None,
-                                        cpu_threads=settings.ASR_CPU_THREADS)
-            else:
-                engine = get_tts_engine(select.OFFLINE_TTS)
-            _engines[(kind, "offline")] = engine
-        return engine
-
-
-def select_engine(kind: str, override: str, on_failure: FailureListener | None = None) -> Any:
-    """The scenario's engine (override > settings > offline default); a cloud one wrapped with the
-    offline one behind it, reporting its failures to ``on_failure``."""
-    if kind == "asr":
-        return select.select_asr(override, on_failure=on_failure, offline=offline_engine("asr"))
-    return select.select_tts(override, on_failure=on_failure, offline=offline_engine("tts"))
-
-
-def asr_engine(override: str = "") -> Any:
-    """A scenario's ASR without a failure listener (benches, warm-up); sessions build their own."""
-    return select_engine("asr", override)
-
-
-def tts_engine(override: str = "") -> Any:
-    return select_engine("tts", override)
-
-
-_warmed: set[str] = set()
-
-
-def warm_up(asr_override: str = "") -> None:
-    """Load the ASR model (and VAD) in the background once, so the first trainee turn does not pay it."""
-    if asr_override in _warmed:
-        return
-    _warmed.add(asr_override)
-
-    def load() -> None:
-        get_vad_model()
-        asr_engine(asr_override).warm_up()  # a cloud engine warms its offline fallback
-
-    future = executor("asr").submit(load)
-    future.add_done_callback(lambda f: f.exception() and logger.warning("ASR warm-up failed: %s", f.exception()))
 
 
 def reply_audio_name(session_id: str, n: int) -> str:
@@ -197,31 +118,22 @@ def _set_audio_metadata(session_id: str, metadata: dict[str, Any]) -> None:
 
 # --- per-session audio state (used only from the decode executor, one flush at a time) ----------
 
-@dataclass
-class Segment:
-    """A finished trainee utterance: audio and where it sits on the stream (samples)."""
-
-    audio: np.ndarray
-    start_sample: int
-    end_sample: int
-    detected_at: float  # perf_counter when the end of speech was decided
-
-
 class StreamState:
-    """Decoder, VAD and the recent audio of one recorder stream. Not thread-safe: one flush at a time."""
+    """Decoder, recorder and listening of one recorder stream. Not thread-safe: one flush at a time."""
 
-    def __init__(self, audio_config: dict[str, Any], recorder: CallRecorder, origin_ms: Callable[[], int]) -> None:
+    def __init__(self, audio_config: dict[str, Any], recorder: CallRecorder, origin_ms: Callable[[], int],
+                 listening: Listening) -> None:
         self.audio_config = audio_config
         self.recorder = recorder
         self._origin_ms = origin_ms
         self.decoder: AudioStream = open_stream(audio_config.get("format", "webm-opus"),
                                                 sample_rate=int(audio_config.get("sampleRate", RATE)))
-        config = EndpointerConfig(threshold=settings.VAD_THRESHOLD, end_silence_ms=settings.ENDPOINT_SILENCE_MS)
-        self.detector = SpeechDetector(get_vad_model(), config)
+        self.listening = listening
         self.origin: int | None = None  # session ms of stream sample 0
-        self.position = 0  # samples decoded so far
-        self._kept: list[np.ndarray] = []
-        self._kept_from = 0  # stream sample of the first kept sample
+
+    @property
+    def in_speech(self) -> bool:
+        return self.listening.detector.in_speech
 
     def ms_at(self, sample: int) -> int:
         return (self.origin or 0) + sample * 1000 // RATE
@@ -232,7 +144,7 @@ class StreamState:
 
     def idle(self) -> list[Segment]:
         """The stream paused: whatever is being said is over."""
-        return [s for e in self.detector.finish() if (s := self._segment(e)) is not None]
+        return self.listening.finish()
 
     def finish(self) -> tuple[list[Segment], str | None]:
         decoded = self.decoder.finish()
@@ -245,34 +157,8 @@ class StreamState:
             return []
         if self.origin is None:
             self.origin = self._origin_ms()
-        self.recorder.add("trainee", samples, at_ms=self.ms_at(self.position))
-        self._kept.append(samples)
-        self.position += samples.size
-        segments = [s for e in self.detector.feed(samples) if (s := self._segment(e)) is not None]
-        self._trim()
-        return segments
-
-    def _segment(self, event: VADEvent) -> Segment | None:
-        if event.kind != "speech_end":
-            return None
-        start = max(self._kept_from, event.start_sample - PREROLL_SAMPLES)
-        end = min(self.position, (event.end_sample or event.sample) + TAIL_SAMPLES)
-        kept = np.concatenate(self._kept) if len(self._kept) > 1 else (self._kept[0] if self._kept else np.zeros(0))
-        self._kept = [kept]
-        piece = kept[start - self._kept_from : end - self._kept_from]
-        return Segment(piece[-MAX_UTTERANCE_SAMPLES:].astype(np.float32), start, end, time.perf_counter())
-
-    def _trim(self) -> None:
-        """Keep the open utterance (capped) or, between utterances, just the pre-roll."""
-        if self.detector.in_speech:
-            keep_from = max(self.position - MAX_UTTERANCE_SAMPLES - PREROLL_SAMPLES, 0)
-        else:
-            keep_from = max(self.position - PREROLL_SAMPLES, 0)
-        if keep_from <= self._kept_from:
-            return
-        kept = np.concatenate(self._kept) if len(self._kept) > 1 else self._kept[0]
-        self._kept = [kept[keep_from - self._kept_from :]]
-        self._kept_from = keep_from
+        self.recorder.add("trainee", samples, at_ms=self.ms_at(self.listening.total))
+        return self.listening.feed(samples)
 
 
 # --- the sink --------------------------------------------------------------------------------------
@@ -286,7 +172,12 @@ class ChunkTurns:
         self.audio_config = audio_config
         # Continues a recording stored by an earlier connection of this session (a resumed call).
         self.recorder = CallRecorder(info.session_id, continue_stored=True)
-        self.stream = StreamState(audio_config, self.recorder, info.elapsed_ms)
+        # This session's engines: the pool's, with the scenario's ASR/TTS (a cloud engine's failures
+        # reach this client as protocol errors).
+        start_warm_up()
+        self.engines = call_engines(info, on_error=self._engine_error, base=get_engines())
+        self.listening = Listening(self.engines)
+        self.stream = StreamState(audio_config, self.recorder, info.elapsed_ms, self.listening)
         self.ended = False
         self._closed = False
         self._emit: Emit | None = None
@@ -296,16 +187,9 @@ class ChunkTurns:
         self.turn_latencies_ms: list[float] = []
         self._trainee_end_ms = 0
         self._reports: set[asyncio.Task] = set()
-        self.asr: Any = None
-        self.tts: Any = None
 
     def bind(self, emit: Emit, request_close: CloseRequest) -> None:
-        warm_up(self.info.asr_engine)
         self._emit, self._request_close = emit, request_close
-        # This session's engines: a cloud engine's failures reach this client as protocol errors.
-        on_failure = failure_listener(self._engine_error)
-        self.asr = select_engine("asr", self.info.asr_engine, on_failure)
-        self.tts = select_engine("tts", self.info.tts_engine, on_failure)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"turns-{self.session_id}")
         self.recorder.start(self.info.elapsed_ms)  # segments stored as the call goes: a crash keeps them
 
@@ -313,10 +197,10 @@ class ChunkTurns:
         if self._emit is not None:
             await self._emit(name, data)
 
-    async def error(self, code: str, message: str, **details: Any) -> None:
+    async def error(self, code: ErrorCode, message: str, **details: Any) -> None:
         await self.emit("error", {"code": code, "message": message, **({"details": details} if details else {})})
 
-    def _engine_error(self, code: str, message: str, details: dict[str, Any]) -> None:
+    def _engine_error(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self.error(code, message, **details))
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
@@ -326,25 +210,25 @@ class ChunkTurns:
         """Decode + VAD one flush off the loop. False = the decoder is saturated and ``data`` was
         not touched: the session keeps it and retries (nothing is dropped)."""
         try:
-            segments, problem = await executor("chunk-decode").run(self.stream.feed, data)
+            segments, problem = await self.engines.decode_pool.run(self.stream.feed, data)
         except EngineBusy:
             return False
         except AudioDecodeError as exc:  # e.g. an unsupported codec in the track description
-            await self.error("ERR_AUDIO_ENCODE_FAILED", f"Audio could not be decoded: {exc}")
+            await self.error(ErrorCode.AUDIO_ENCODE_FAILED, f"Audio could not be decoded: {exc}")
             return True
         if problem:
-            await self.error("ERR_AUDIO_ENCODE_FAILED", f"Audio could not be decoded: {problem}")
+            await self.error(ErrorCode.AUDIO_ENCODE_FAILED, f"Audio could not be decoded: {problem}")
         for segment in segments:
             await self._queue("turn", segment)
         return True
 
     async def idle(self) -> None:
-        if not self.stream.detector.in_speech:
+        if not self.stream.in_speech:
             # Nothing open to close: O(1) (forgets a half-started run), no executor hop for a quiet
             # stream. Safe on the loop: the session runs its flushes and idles one at a time.
             self.stream.idle()
             return
-        segments = await executor("chunk-decode").run(self.stream.idle)
+        segments = await self.engines.decode_pool.run(self.stream.idle)
         for segment in segments:
             await self._queue("turn", segment)
 
@@ -352,7 +236,7 @@ class ChunkTurns:
         try:
             self._jobs.put_nowait((kind, payload))
         except asyncio.QueueFull:
-            await self.error("ERR_RATE_LIMIT", "Earlier turns are still being answered; wait for the reply, then "
+            await self.error(ErrorCode.RATE_LIMIT, "Earlier turns are still being answered; wait for the reply, then "
                              "say that again.", retry_after=2000, pending=MAX_PENDING_TURNS)
             return False
         return True
@@ -376,7 +260,7 @@ class ChunkTurns:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker
         with contextlib.suppress(Exception):
-            await executor("chunk-decode").run(self.stream.finish)
+            await self.engines.decode_pool.run(self.stream.finish)
         # Stored before the end: the after-call job the end dispatches then finds the whole recording
         # (rather than waiting for this writer, see roleplay.recording_segments).
         await self._save_recording()
@@ -424,52 +308,42 @@ class ChunkTurns:
             except asyncio.CancelledError:
                 raise
             except DomainError as exc:
-                await self.error("ERR_SESSION_NOT_FOUND", exc.message)
+                await self.error(ErrorCode.SESSION_NOT_FOUND, exc.message)
             except Exception:  # noqa: BLE001 - one failed turn must not end the worker
                 logger.exception("chunk turn failed", extra={"session_id": self.session_id})
-                await self.error("ERR_ASR_FAILED", "This turn could not be processed; please say it again.")
+                await self.error(ErrorCode.ASR_FAILED, "This turn could not be processed; please say it again.")
 
     async def _turn(self, segment: Segment) -> None:
         asr_started = time.perf_counter()
         queued_ms = (asr_started - segment.detected_at) * 1000
         try:
-            transcript = await executor("asr").run(
-                (self.asr or asr_engine(self.info.asr_engine)).transcribe, segment.audio, language=self.info.language
-            )
-        except EngineBusy:
-            await self.error("ERR_RATE_LIMIT", "Speech recognition is busy; please repeat that.", retry_after=2000)
-            return
+            transcript = await self.listening.transcribe(segment.audio, language=self.info.language)
         except Exception as exc:  # noqa: BLE001 - engine failures become a protocol error
-            # The turn is lost as voice, not the session: the next one is heard, and typing works.
-            if isinstance(exc, ASRError):
-                logger.warning("chunk ASR failed: %s", redact(str(exc)), extra={"session_id": self.session_id})
-            else:
-                logger.exception("chunk ASR failed", extra={"session_id": self.session_id})
-            await self.error("ERR_ASR_FAILED", "Speech recognition failed for this turn; please say it again or "
-                             "type it.", reason=redact(str(exc)), engine=getattr(self.asr, "name", ""),
-                             language=self.info.language)
+            failure = self.listening.failure(exc, language=self.info.language, session_id=self.session_id)
+            await self.error(failure.code, failure.message, **failure.details)
             return
         asr_ms = (time.perf_counter() - asr_started) * 1000
         logger.info("chunk turn heard", extra={"session_id": self.session_id, "queued_ms": round(queued_ms),
                                                "asr_ms": round(asr_ms), "seconds": round(segment.audio.size / RATE, 2)})
         if transcript.is_empty:
             return
-        text = transcript.text.strip()
+        said = heard(transcript, language=self.info.language, start_ms=self.stream.ms_at(segment.start_sample),
+                     end_ms=self.stream.ms_at(segment.end_sample))
         await self.emit("transcription", {
-            "text": text,
+            "text": said.text,
             "timestamp": now_ms(),
-            "confidence": round(transcript.confidence, 3),
-            "startMs": self.stream.ms_at(segment.start_sample),
-            "endMs": self.stream.ms_at(segment.end_sample),
+            "confidence": round(said.confidence, 3),
+            "startMs": said.start_ms,
+            "endMs": said.end_ms,
         })
-        self._trainee_end_ms = max(self._trainee_end_ms, self.stream.ms_at(segment.end_sample))
+        self._trainee_end_ms = max(self._trainee_end_ms, said.end_ms)
         await conversation.record_trainee_turn(
             session_id=self.session_id,
-            text=text,
+            text=said.text,
             source=Utterance.Source.VOICE,
-            start_ms=self.stream.ms_at(segment.start_sample),
-            end_ms=self.stream.ms_at(segment.end_sample),
-            confidence=transcript.confidence,
+            start_ms=said.start_ms,
+            end_ms=said.end_ms,
+            confidence=said.confidence,
             latency={"asr_final_ms": asr_ms},
         )
         await self._reply(trigger=segment)
@@ -519,17 +393,17 @@ class ChunkTurns:
             await self._request_close("max_turns" if max_turns and turn_count >= max_turns else "buyer_ended")
 
     async def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
-        engine = self.tts or tts_engine(self.info.tts_engine)
+        engine = self.engines.tts
 
         def run() -> np.ndarray:
             chunks = list(engine.synthesize(text, voice=self.info.voice, language=self.info.language))
             return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 
         try:
-            return await executor("tts").run(run), engine.sample_rate
+            return await self.engines.tts_pool.run(run), engine.sample_rate
         except Exception as exc:  # noqa: BLE001 - the text reply stands even if speech fails
             logger.warning("chunk TTS failed: %s", redact(str(exc)), extra={"session_id": self.session_id})
-            await self.error("ERR_TTS_FAILED", "The reply could not be spoken; it is sent as text.",
+            await self.error(ErrorCode.TTS_FAILED, "The reply could not be spoken; it is sent as text.",
                              reason=redact(str(exc)), engine=getattr(engine, "name", ""))
             return np.zeros(0, dtype=np.int16), 0
 
@@ -541,5 +415,4 @@ class ChunkTurns:
         return default_storage.save(name, ContentFile(audio_utils.wav_bytes(pcm, rate)))
 
 
-__all__ = ["ChunkTurns", "SessionInfo", "StreamState", "asr_engine", "executor", "load_session_info",
-           "reply_audio_name", "tts_engine"]
+__all__ = ["ChunkTurns", "SessionInfo", "StreamState", "load_session_info", "reply_audio_name"]

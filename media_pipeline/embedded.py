@@ -13,7 +13,8 @@ from typing import Any
 
 from django.conf import settings
 
-from media_pipeline.worker import MediaWorker, process_worker, warm_up_in_background
+from media_pipeline.engine_pool import start_warm_up
+from media_pipeline.worker import MediaWorker, process_worker
 
 _started = False
 _lock: asyncio.Lock | None = None
@@ -30,7 +31,7 @@ async def ensure_embedded_worker() -> MediaWorker | None:
         if not _started:
             worker = process_worker()
             await worker.ensure_started(serve_shared=True)
-            warm_up_in_background()
+            start_warm_up()
             _started = True
     return process_worker()
 

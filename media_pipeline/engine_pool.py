@@ -1,22 +1,27 @@
-"""The engines and executors one media-worker process shares between all its calls.
+"""The engine pool: the only process-wide models and executors, whichever transport asks first.
 
-One offline ASR model, one VAD model, one eSpeak library per process; every blocking call goes
-through a :class:`BoundedExecutor` so no engine ever runs on the event loop. ASR gets
-``ENGINE_WORKERS`` threads (CTranslate2 releases the GIL); VAD and TTS get one thread each (Silero
-is ~4 ms per second of audio; eSpeak is serialised by its own lock anyway).
+One offline ASR model (faster-whisper with the short decode window), one VAD model, one eSpeak
+library per process; every blocking call goes through a :class:`BoundedExecutor` so no engine
+ever runs on an event loop. ASR gets ``ENGINE_WORKERS`` threads (CTranslate2 releases the GIL);
+VAD and TTS get one thread each (Silero is ~4 ms per second of audio; eSpeak is serialised by its
+own lock anyway); ``decode`` (``CHUNK_DECODE_WORKERS`` threads) decodes and VAD-scores the audio
+chunk path's flushes. A WebRTC call and a chunked session in the same process therefore share one
+model and queue on the same executors, so a final is served in order of end of speech whatever
+the transport.
 
-Each call then gets its own :class:`Engines` view (:func:`engines_for_call`): the same executors
-and VAD, with the ASR and TTS its scenario selects (scenario override > settings > offline
-default, via :func:`media_pipeline.engines.select.engines_for_scenario`). A cloud engine comes
-wrapped with the process's offline engine behind it, so a cloud outage costs a call its cloud
-voice, not the call; the wrapper's failure reports become protocol ``error`` messages through
-the call's ``on_error``.
+Each call or session then gets its own :class:`Engines` view (:func:`call_engines`): the same
+executors and VAD, with the ASR and TTS its scenario selects (scenario override > settings >
+offline default, via :func:`media_pipeline.engines.choice.engines_for_scenario`). A cloud engine
+comes wrapped with the process's offline engine behind it, so a cloud outage costs a call its
+cloud voice, not the call; the wrapper's failure reports become protocol ``error`` messages
+through the call's ``on_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,13 +30,18 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from lingecho.gc_pauses import freeze_loaded_objects
+from lingecho.priority import lower_current_thread_priority
+from lingecho.resilience.failures import EngineFailure, FailureListener
+from media_pipeline.contract import ErrorCode
 from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
-from media_pipeline.engines.resilience import EngineFailure, FailureListener
-from media_pipeline.engines.select import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
+from media_pipeline.engines.choice import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
 from media_pipeline.executor import BoundedExecutor
 
+log = logging.getLogger(__name__)
+
 # (code, message, details) -> None, called on the event loop: the pipeline's ``on_error``.
-ErrorSink = Callable[[str, str, dict[str, Any]], None]
+ErrorSink = Callable[[ErrorCode, str, dict[str, Any]], None]
 
 
 @dataclass
@@ -42,6 +52,7 @@ class Engines:
     asr_pool: BoundedExecutor
     vad_pool: BoundedExecutor
     tts_pool: BoundedExecutor
+    decode_pool: BoundedExecutor  # the chunk path's decode + VAD of one flush
 
     def asr_idle(self) -> bool:
         """True when an interim decode would not delay anything (a free ASR thread, no queue)."""
@@ -80,6 +91,10 @@ def get_engines() -> Engines:
                 ),
                 vad_pool=BoundedExecutor("vad", max_workers=1, max_queue=256, block=True, timeout=timeout),
                 tts_pool=BoundedExecutor("tts", max_workers=1, max_queue=64, block=True, timeout=timeout),
+                decode_pool=BoundedExecutor(
+                    "chunk-decode", max_workers=settings.CHUNK_DECODE_WORKERS,
+                    max_queue=settings.ENGINE_QUEUE_DEPTH * 4, block=True, timeout=timeout,
+                ),
             )
         return _engines
 
@@ -111,8 +126,10 @@ def failure_listener(on_error: ErrorSink, loop: asyncio.AbstractEventLoop | None
 def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engines | None = None) -> Engines:
     """One call's engines: the scenario's ASR/TTS over the process's executors, VAD and offline models.
 
-    ``base`` (default: the process's engines) supplies everything shared; an offline selection
-    returns ``base``'s own engines, so an offline call costs nothing extra.
+    ``scenario``: anything with the override fields (``asr_engine``, ``tts_engine``), a Scenario
+    or the chunk path's session info. ``base`` (default: the process's engines) supplies
+    everything shared; an offline selection returns ``base``'s own engines, so an offline call
+    costs nothing extra.
     """
     base = base or get_engines()
     on_failure = failure_listener(on_error) if on_error is not None else None
@@ -135,9 +152,41 @@ async def engines_for_call(session_id: str, *, on_error: ErrorSink | None = None
     return call_engines(scenario, on_error=on_error, base=base)
 
 
+_warm = threading.Lock()
+_warmed = False
+_warm_up_started = False
+
+
 def warm_up() -> None:
-    """Load the models now so the first call's first turn does not pay for it (blocking)."""
-    engines = get_engines()
-    engines.asr.warm_up()
-    list(engines.tts.synthesize("Hello.", language="en"))
-    engines.vad.create_stream()
+    """Load the models now so the first call's first turn does not pay for it (blocking, once).
+
+    Concurrent callers wait for the one doing it; a failed warm-up is tried again next time.
+    """
+    global _warmed
+    with _warm:
+        if _warmed:
+            return
+        engines = get_engines()
+        engines.asr.warm_up()
+        list(engines.tts.synthesize("Hello.", language="en"))
+        engines.vad.create_stream()
+        _warmed = True
+
+
+def start_warm_up() -> None:
+    """:func:`warm_up` on a background thread, once (a media worker's boot, a chunk session's start)."""
+    global _warm_up_started
+    with _lock:
+        if _warm_up_started:
+            return
+        _warm_up_started = True
+
+    def run() -> None:
+        lower_current_thread_priority()  # native pools the models start here inherit it
+        try:
+            warm_up()
+            freeze_loaded_objects()  # the models' objects live as long as the process
+        except Exception:  # noqa: BLE001 - the first turn will load (and report) it instead
+            log.exception("engine warm-up failed")
+
+    threading.Thread(target=run, name="engine-warm-up", daemon=True).start()

@@ -1,8 +1,10 @@
-"""The trainee's voice: every inbound track consumed, decoded audio → 16 kHz mono → VAD → ASR.
+"""The trainee's voice over WebRTC: every inbound track consumed, decoded audio → 16 kHz → listening.
 
 Stages, each one job: ``_consume`` reads a track (aiortc queues frames without bound if nobody
-reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz; ``_vad_loop`` scores
-~64 ms batches off the loop and turns endpointer events into ASR work; interim decodes run
+reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz into the shared
+listening stage (``media_pipeline.listening``: kept audio, VAD, pre-roll, final decodes and their
+failures); ``_vad_loop`` has it score 32 ms batches off the loop and turns endpointer events into
+ASR work. What this transport adds on top: interim decodes run
 every ``INTERIM_INTERVAL_MS`` of speech but only on an idle ASR thread and never two at once for
 a call (finals come first); the final decode starts at ``silence_began`` and is dropped on
 ``speech_resumed``, so the transcript is usually ready when endpointing fires.
@@ -27,32 +29,27 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from media_pipeline.audio import Resampler, downmix
-from media_pipeline.engines.asr.base import ASRError
-from media_pipeline.engines.resilience import redact
-from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
+from media_pipeline.contract import ErrorCode
+from media_pipeline.engine_pool import Engines
+from media_pipeline.engines.vad.base import VADEvent
 from media_pipeline.executor import EngineBusy
-from media_pipeline.runtime import Engines
+from media_pipeline.listening import Heard, Listening, heard
+from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
 VAD_BATCH_SAMPLES = 512  # one Silero window: a 32 ms hop; endpointing waits for the batch, so keep it small
-PREROLL_SAMPLES = RATE // 10  # decode from a little before the VAD's start: soft onsets
-TAIL_SAMPLES = RATE // 10
 STALL_SECONDS = 0.8  # no frame for this long mid-utterance: the track stopped, close the turn
 NO_AUDIO_ERROR_SECONDS = 5.0
 
 
-@dataclass
-class FinalResult:
+@dataclass(frozen=True)
+class FinalResult(Heard):
+    """A final as this transport reports it: the heard words (session-relative ms) and its timings."""
+
     result_id: str
-    text: str
-    confidence: float
-    language: str
-    start_ms: int  # since asr_start
-    end_ms: int
-    session_start_ms: int  # session-relative
-    session_end_ms: int
+    stream_start_ms: int  # since asr_start: the protocol's start_time/end_time
+    stream_end_ms: int
     interim_count: int
     last_voiced_at: float  # monotonic arrival of the last voiced frame
     decided_at: float  # monotonic: endpointing (or asr_stop) closed the turn
@@ -71,7 +68,7 @@ class InboundListener(Protocol):
     def on_interim(self, result_id: str, text: str, confidence: float) -> None: ...
     def on_final(self, result: FinalResult) -> None: ...
     def on_speech(self, speech_ms: float) -> None: ...
-    def on_error(self, code: str, message: str, details: dict[str, Any]) -> None: ...
+    def on_error(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None: ...
 
 
 class InboundAudio:
@@ -91,19 +88,15 @@ class InboundAudio:
         self.listener = listener
         self.session_ms = session_ms  # monotonic time -> session-relative ms
         self.record = record
-        self.detector = SpeechDetector(
-            engines.vad, EndpointerConfig(threshold=vad_threshold, end_silence_ms=end_silence_ms)
-        )
+        self.listening = Listening(engines, vad_threshold=vad_threshold, end_silence_ms=end_silence_ms,
+                                   max_utterance_ms=max_utterance_ms)
+        self.detector = self.listening.detector
         self.interim_samples = interim_interval_ms * RATE // 1000
-        self.max_utterance_samples = max_utterance_ms * RATE // 1000
+        self.max_utterance_samples = self.listening.max_utterance_samples
         self.language = "en"
         self.mode = "auto"
         self.active = False
         self.asr_start_sample = 0
-        # audio kept for decoding
-        self._chunks: collections.deque[np.ndarray] = collections.deque()
-        self._base = 0  # stream offset of the first kept sample
-        self.total = 0  # samples received
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
         self._anchor: tuple[int, float] | None = None  # (sample, session ms) for the timeline
         # VAD
@@ -148,6 +141,11 @@ class InboundAudio:
             self._force_end = True
             self._vad_wake.set()
         self.active = False
+
+    @property
+    def total(self) -> int:
+        """Samples received since the stream began."""
+        return self.listening.total
 
     def add_track(self, track: Any) -> None:
         primary = not self._primary_taken
@@ -200,7 +198,7 @@ class InboundAudio:
         if time.monotonic() - self._last_frame_at > NO_AUDIO_ERROR_SECONDS and not self._audio_error_sent:
             self._audio_error_sent = True
             self.listener.on_error(
-                "ERR_AUDIO_ENCODE_FAILED",
+                ErrorCode.AUDIO_ENCODE_FAILED,
                 "No decodable audio has arrived for a while; check the microphone and the codec.",
                 {"error_type": "no_inbound_audio", "seconds": NO_AUDIO_ERROR_SECONDS},
             )
@@ -209,8 +207,7 @@ class InboundAudio:
         if x.size == 0:
             return
         start = self.total
-        self.total += x.size
-        self._chunks.append(x)
+        self.listening.append(x)
         self._arrivals.append((self.total, now))
         ms = self.session_ms(now) - x.size * 1000 // RATE
         if self._anchor is None or abs(self._timeline_ms(start) - ms) > 200:
@@ -228,21 +225,9 @@ class InboundAudio:
         return int(self._anchor[1] + (sample - self._anchor[0]) * 1000 // RATE)
 
     def _trim(self) -> None:
-        keep_from = self.total - 2 * RATE
-        if self.utt_start is not None:
-            keep_from = min(keep_from, self.utt_start - PREROLL_SAMPLES)
-        keep_from = max(keep_from, self.total - self.max_utterance_samples - RATE)
-        while self._chunks and self._base + self._chunks[0].size <= keep_from:
-            self._base += self._chunks.popleft().size
-        while len(self._arrivals) > 1 and self._arrivals[0][0] < keep_from:
+        self.listening.trim(self.utt_start)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < self.listening.kept_from:
             self._arrivals.popleft()
-
-    def audio(self, start: int, end: int) -> np.ndarray:
-        start, end = max(start, self._base), min(end, self.total)
-        if end <= start:
-            return np.zeros(0, dtype=np.float32)
-        data = np.concatenate(list(self._chunks))
-        return data[start - self._base : end - self._base]
 
     def arrival(self, sample: int) -> float:
         for end, at in self._arrivals:
@@ -262,7 +247,7 @@ class InboundAudio:
                 batch = np.concatenate(self._pending)
                 self._pending, self._pending_n = [], 0
                 try:
-                    events = await self.engines.vad_pool.run(self.detector.feed, batch)
+                    events = await self.engines.vad_pool.run(self.listening.score, batch)
                 except EngineBusy:
                     log.warning("VAD executor full; a batch was dropped")
                     continue
@@ -366,8 +351,8 @@ class InboundAudio:
         return task
 
     async def _decode(self, start: int, end: int) -> tuple[Any, float]:
-        audio = self.audio(start - PREROLL_SAMPLES, min(self.total, end + TAIL_SAMPLES))
-        transcript = await self.engines.asr_pool.run(self.engines.asr.transcribe, audio, language=self.language)
+        audio = self.listening.utterance_audio(start, end)
+        transcript = await self.listening.transcribe(audio, language=self.language)
         return transcript, time.monotonic()
 
     async def _interim(self, result_id: str, start: int, end: int) -> None:
@@ -392,32 +377,19 @@ class InboundAudio:
         async with self._final_order:  # results leave in the order the turns ended
             try:
                 transcript, ready_at = await task
-            except Exception as exc:  # noqa: BLE001 - reported to the client as ERR_ASR_FAILED
-                # The turn is lost as voice, not the call: recognition goes on listening for the
-                # next turn and the trainee can type this one (e.g. a zh-CN call whose cloud ASR
-                # died, with only the English tiny.en model behind it).
-                if isinstance(exc, ASRError):
-                    log.warning("final ASR decode failed: %s", redact(str(exc)))
-                else:
-                    log.exception("final ASR decode failed")
-                self.listener.on_error(
-                    "ERR_ASR_FAILED", "Speech recognition failed for this turn; please say it again or type it.",
-                    {"reason": redact(str(exc)), "engine": getattr(self.engines.asr, "name", ""),
-                     "result_id": result_id, "language": self.language},
-                )
+            except Exception as exc:  # noqa: BLE001 - reported to the client (listening decides how)
+                failure = self.listening.failure(exc, language=self.language)
+                self.listener.on_error(failure.code, failure.message, {**failure.details, "result_id": result_id})
                 return
             first = self._timeline_ms(start) if self._anchor else 0
             last = self._timeline_ms(end) if self._anchor else 0
+            said = heard(transcript, language=self.language, start_ms=first, end_ms=last)
             self.listener.on_final(
                 FinalResult(
+                    **vars(said),
                     result_id=result_id,
-                    text=transcript.text.strip(),
-                    confidence=float(transcript.confidence),
-                    language=transcript.language or self.language,
-                    start_ms=max(0, (start - self.asr_start_sample) * 1000 // RATE),
-                    end_ms=max(0, (end - self.asr_start_sample) * 1000 // RATE),
-                    session_start_ms=max(0, first),
-                    session_end_ms=max(0, last),
+                    stream_start_ms=max(0, (start - self.asr_start_sample) * 1000 // RATE),
+                    stream_end_ms=max(0, (end - self.asr_start_sample) * 1000 // RATE),
                     interim_count=interims,
                     last_voiced_at=last_voiced_at,
                     decided_at=decided_at,

@@ -25,15 +25,16 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from lingecho.resilience.redaction import redact
 from media_pipeline import contract, metrics
 from media_pipeline.audio import float32_to_pcm16, resample
-from media_pipeline.engines.resilience import redact
+from media_pipeline.contract import ErrorCode
+from media_pipeline.engine_pool import Engines, engines_for_call, get_engines
 from media_pipeline.engines.tts.text import SentenceBuffer
 from media_pipeline.inbound import FinalResult, InboundAudio
 from media_pipeline.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
 from media_pipeline.recording import CallRecorder
-from media_pipeline.runtime import Engines, engines_for_call, get_engines
 from roleplay import conversation, services
 from roleplay.errors import SessionEnded
 from roleplay.models import RealtimeSession, Utterance
@@ -183,7 +184,7 @@ class CallSession:
         except Exception:  # noqa: BLE001 - a vanished consumer (ChannelFull) must not kill the call
             log.warning("event not delivered", extra={"session_id": self.session_id, "type": message_type})
 
-    async def error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+    async def error(self, code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> None:
         await self.emit("error", {"code": code, "message": message, "details": details or {}})
 
     def _spawn(self, coro: Any) -> asyncio.Task:
@@ -214,7 +215,7 @@ class CallSession:
                 raise
             except Exception:  # noqa: BLE001 - one bad message must not end the call silently
                 log.exception("media message failed", extra={"session_id": self.session_id})
-                await self.error("ERR_WEBRTC_FAILED", "The media worker could not handle that message.")
+                await self.error(ErrorCode.WEBRTC_FAILED, "The media worker could not handle that message.")
 
     # ==== negotiation ============================================================================
 
@@ -229,7 +230,7 @@ class CallSession:
             try:
                 self.info = await load_call_info(self.session_id)
             except RealtimeSession.DoesNotExist:
-                await self.error("ERR_SESSION_NOT_FOUND", "No such session.")
+                await self.error(ErrorCode.SESSION_NOT_FOUND, "No such session.")
                 await self.close("error")
                 return
             self.t0 = time.monotonic() - (timezone.now() - self.info.started_at).total_seconds()
@@ -239,7 +240,7 @@ class CallSession:
             # The scenario's engines (cloud ones wrapped with the offline ones behind them).
             self.engines = await engines_for_call(self.session_id, on_error=self.on_error, base=self.engines)
         if self.info.ended:
-            await self.error("ERR_SESSION_NOT_FOUND", "This session has ended.", {"reason": "ended"})
+            await self.error(ErrorCode.SESSION_NOT_FOUND, "This session has ended.", {"reason": "ended"})
             return
         await self._close_peer()
         if self.inbound is None:
@@ -289,7 +290,7 @@ class CallSession:
             )
         except NegotiationError as exc:
             await self._close_peer()
-            await self.error("ERR_WEBRTC_FAILED", str(exc), {"error_type": "negotiation"})
+            await self.error(ErrorCode.WEBRTC_FAILED, str(exc), {"error_type": "negotiation"})
             return
         self.outbound.configure(self.negotiated.sample_rate)
         self.offer_answer_ms = (time.perf_counter() - started) * 1000
@@ -305,7 +306,7 @@ class CallSession:
 
     async def _peer_failed(self, error_type: str, text: str) -> None:
         await self._close_peer()
-        await self.error("ERR_WEBRTC_FAILED", text, {"error_type": error_type})
+        await self.error(ErrorCode.WEBRTC_FAILED, text, {"error_type": error_type})
 
     async def on_ice(self, message: dict[str, Any]) -> None:
         if self.pc is None:
@@ -313,7 +314,7 @@ class CallSession:
         try:
             candidate = parse_candidate(message)
         except NegotiationError as exc:
-            await self.error("ERR_INVALID_MESSAGE", str(exc), {"field": "candidate"})
+            await self.error(ErrorCode.INVALID_MESSAGE, str(exc), {"field": "candidate"})
             return
         await self.pc.addIceCandidate(candidate)
 
@@ -327,7 +328,7 @@ class CallSession:
         if self.inbound is not None:
             language = message.get("language") or (self.info.language if self.info else "en")
             if not self.engines.asr.supports_language(language):
-                await self.error("ERR_ASR_FAILED", f"The speech model cannot transcribe {language!r}.",
+                await self.error(ErrorCode.ASR_FAILED, f"The speech model cannot transcribe {language!r}.",
                                  {"language": language})
                 return
             self.inbound.start_recognition(language=language, mode=self.mode)
@@ -345,7 +346,7 @@ class CallSession:
         self._spawn(self.emit("asr_result", {
             "result_id": result.result_id, "text": result.text, "is_final": True,
             "confidence": round(result.confidence, 3), "language": result.language,
-            "start_time": result.start_ms, "end_time": result.end_ms,
+            "start_time": result.stream_start_ms, "end_time": result.stream_end_ms,
         }))
         if result.text:
             self._turns.put_nowait(result)
@@ -357,7 +358,7 @@ class CallSession:
             self._barge_in_at = time.monotonic()
             self.outbound.flush()  # resolves the reply's future: the speaker reports interrupted
 
-    def on_error(self, code: str, message: str, details: dict[str, Any]) -> None:
+    def on_error(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         self._spawn(self.error(code, message, details))
 
     # ==== turns ==================================================================================
@@ -375,7 +376,8 @@ class CallSession:
                 await self._end("error")
             except Exception:  # noqa: BLE001 - keep the call alive for the next turn
                 log.exception("turn failed", extra={"session_id": self.session_id})
-                await self.error("ERR_ASR_FAILED", "The turn could not be completed.", {"result_id": result.result_id})
+                await self.error(ErrorCode.ASR_FAILED, "The turn could not be completed.",
+                                 {"result_id": result.result_id})
 
     async def _turn(self, result: FinalResult) -> None:
         latency: dict[str, float | None] = {
@@ -386,7 +388,7 @@ class CallSession:
         metrics.ASR_FINAL_LATENCY_SECONDS.labels(engine=self.engines.asr.name).observe(result.asr_final_ms / 1000)
         trainee = await conversation.record_trainee_turn(
             session_id=self.session_id, text=result.text, source=Utterance.Source.VOICE,
-            start_ms=result.session_start_ms, end_ms=result.session_end_ms, confidence=result.confidence,
+            start_ms=result.start_ms, end_ms=result.end_ms, confidence=result.confidence,
             interim_count=result.interim_count, latency=latency,
         )
         reply = await conversation.begin_buyer_reply(self.session_id)
@@ -463,7 +465,7 @@ class CallSession:
         async with self._speak_lock:
             track = self.outbound
             if track is None or not self.connected:
-                await self.error("ERR_TTS_FAILED", "No media connection to speak on; send an offer first.",
+                await self.error(ErrorCode.TTS_FAILED, "No media connection to speak on; send an offer first.",
                                  {"request_id": request_id})
                 return None
             self._barge_in_at = None
@@ -528,7 +530,7 @@ class CallSession:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as ERR_TTS_FAILED; what was queued still plays
             log.exception("reply synthesis failed", extra={"session_id": self.session_id})
-            await self.error("ERR_TTS_FAILED", "Speech synthesis failed.", {"reason": str(exc)})
+            await self.error(ErrorCode.TTS_FAILED, "Speech synthesis failed.", {"reason": str(exc)})
         finally:
             track.close_reply()
 
@@ -551,7 +553,7 @@ class CallSession:
             # reading the reply, so the trainee still gets its text as text_response.
             mute.append(str(exc))
             log.warning("reply synthesis failed", extra={"session_id": self.session_id})
-            await self.error("ERR_TTS_FAILED", "Speech synthesis failed; the reply is sent as text.",
+            await self.error(ErrorCode.TTS_FAILED, "Speech synthesis failed; the reply is sent as text.",
                              {"reason": redact(str(exc)), "engine": self.engines.tts.name})
             return
         if not first_audio:

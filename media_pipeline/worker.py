@@ -39,12 +39,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
-from lingecho.gc_pauses import freeze_loaded_objects
 from media_pipeline import heartbeat, metrics
 from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, event
+from media_pipeline.engine_pool import start_warm_up
 from media_pipeline.outbound import pacing_stats
 from media_pipeline.pipeline import CallSession
-from media_pipeline.priority import lower_current_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -332,26 +331,11 @@ def process_worker() -> MediaWorker:
         return _worker
 
 
-def warm_up_in_background() -> None:
-    """Load ASR/VAD/TTS in a thread so the first call's first turn does not pay for it."""
-    from media_pipeline.runtime import warm_up
-
-    def run() -> None:
-        lower_current_thread_priority()  # native pools the models start here inherit it
-        try:
-            warm_up()
-            freeze_loaded_objects()  # the models' objects live as long as the process
-        except Exception:  # noqa: BLE001 - the first call will load (and report) it instead
-            log.exception("engine warm-up failed")
-
-    threading.Thread(target=run, name="media-warm-up", daemon=True).start()
-
-
 def boot_runworker_process() -> None:
     """Called when ``runworker media`` imports the routes: beat before the first message arrives."""
     worker = process_worker()
     worker.start_heartbeat()
-    warm_up_in_background()
+    start_warm_up()
     log.info("media worker up", extra={"worker_id": worker.worker_id, "channel": worker.channel})
 
 

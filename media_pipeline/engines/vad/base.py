@@ -104,6 +104,11 @@ class Endpointer:
         self._speech_start = 0
         self._silence_start: int | None = None
 
+    @property
+    def speech_start(self) -> int | None:
+        """Where the open segment began (stream samples), or None between segments."""
+        return self._speech_start if self.in_speech else None
+
     def _windows(self, ms: int) -> int:
         return max(1, int(np.ceil(ms * self.sample_rate / 1000 / self.window_samples)))
 

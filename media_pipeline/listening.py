@@ -1,0 +1,186 @@
+"""Listening, the stage both transports share: 16 kHz PCM in → VAD → utterances → final transcripts.
+
+One :class:`Listening` per trainee stream. It keeps the recent audio by stream sample offset,
+runs the stream's VAD and endpointer (:class:`SpeechDetector`), cuts each utterance out with one
+pre-roll and tail, decodes it on the engine pool's ASR executor, and turns an ASR failure into
+one :class:`NotHeard` (code, message, details) whichever transport asked. What the transports
+add on top stays theirs: WebRTC its speculative finals, interims, manual mode and barge-in
+(``media_pipeline.inbound``); the chunk path its decoder, flush batching and turn queue
+(``media_pipeline.chunk_turns``).
+
+Threads: ``append``, ``audio`` and ``trim`` touch the kept audio; ``score`` touches only the
+detector. A caller may run ``score`` on the VAD executor while appending on its loop (WebRTC), or
+everything on one decode thread (chunks), but never two callers of the same half at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from lingecho.resilience.redaction import redact
+from media_pipeline.contract import ErrorCode
+from media_pipeline.engine_pool import Engines
+from media_pipeline.engines.asr.base import ASRError, Transcript
+from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
+from media_pipeline.executor import EngineBusy
+from roleplay.audio_format import SAMPLE_RATE as RATE
+
+log = logging.getLogger(__name__)
+
+# Decode from this long before the VAD's start: the endpointer needs a voiced run before it says
+# "speech", and Silero scores a soft onset (an unvoiced "s", "h", "f") below the threshold.
+PREROLL_SAMPLES = RATE * 3 // 10
+TAIL_SAMPLES = RATE // 10  # and a little after its end: a trailing consonant fades under the threshold
+# Audio kept behind the newest sample between utterances: where VAD runs behind arrival (WebRTC
+# scores batches on an executor), a start it reports late must still find its pre-roll.
+KEEP_SAMPLES = 2 * RATE
+BUSY_RETRY_MS = 2000
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A finished trainee utterance: its audio (pre-roll and tail included) and where it sits (samples)."""
+
+    audio: np.ndarray
+    start_sample: int
+    end_sample: int
+    detected_at: float  # perf_counter when the end of speech was decided
+
+
+@dataclass(frozen=True)
+class Heard:
+    """A final transcript, transport-neutral: what the trainee said and when, on the session timeline."""
+
+    text: str
+    confidence: float
+    language: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class NotHeard:
+    """An utterance lost to ASR: the protocol error both transports send (the stream keeps listening)."""
+
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Listening:
+    """One stream's ears. ``engines`` is the call's view of the pool: its VAD, ASR and ASR executor."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        *,
+        vad_threshold: float | None = None,
+        end_silence_ms: int | None = None,
+        max_utterance_ms: int | None = None,
+    ) -> None:
+        self.engines = engines
+        self.detector = SpeechDetector(engines.vad, EndpointerConfig(
+            threshold=settings.VAD_THRESHOLD if vad_threshold is None else vad_threshold,
+            end_silence_ms=settings.ENDPOINT_SILENCE_MS if end_silence_ms is None else end_silence_ms,
+        ))
+        max_ms = settings.MAX_AUDIO_DURATION_MS if max_utterance_ms is None else max_utterance_ms
+        self.max_utterance_samples = max_ms * RATE // 1000
+        self.total = 0  # samples appended since the stream began
+        self._kept: list[np.ndarray] = []
+        self._kept_from = 0  # stream offset of the first kept sample
+
+    # --- audio kept for decoding ---------------------------------------------------------------
+    @property
+    def kept_from(self) -> int:
+        """Stream offset of the oldest sample still kept."""
+        return self._kept_from
+
+    def append(self, samples: np.ndarray) -> None:
+        """Keep ``samples`` (float32 mono 16 kHz) for decoding; they are not VAD-scored here."""
+        if samples.size:
+            self._kept.append(samples)
+            self.total += samples.size
+
+    def audio(self, start: int, end: int) -> np.ndarray:
+        """The kept samples ``[start, end)`` of the stream (clipped to what is still kept)."""
+        start, end = max(start, self._kept_from), min(end, self.total)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        if len(self._kept) > 1:
+            self._kept = [np.concatenate(self._kept)]
+        return self._kept[0][start - self._kept_from : end - self._kept_from]
+
+    def utterance_audio(self, start: int, end: int) -> np.ndarray:
+        """What the ASR decodes for the utterance ``[start, end)``: with pre-roll and tail, capped."""
+        piece = self.audio(start - PREROLL_SAMPLES, end + TAIL_SAMPLES)
+        return piece[-(self.max_utterance_samples + PREROLL_SAMPLES + TAIL_SAMPLES):].astype(np.float32)
+
+    def trim(self, open_start: int | None = None) -> None:
+        """Forget audio no decode can need: keep the last seconds, or the open utterance from its pre-roll."""
+        keep_from = self.total - KEEP_SAMPLES
+        if open_start is not None:
+            keep_from = min(keep_from, open_start - PREROLL_SAMPLES)
+        keep_from = max(keep_from, self.total - self.max_utterance_samples - RATE)
+        while self._kept and self._kept_from + self._kept[0].size <= keep_from:
+            self._kept_from += self._kept.pop(0).size
+
+    # --- VAD -------------------------------------------------------------------------------------
+    def score(self, samples: np.ndarray) -> list[VADEvent]:
+        """Run the VAD and endpointer over the next ``samples`` of the stream (blocking, CPU)."""
+        return self.detector.feed(samples)
+
+    def feed(self, samples: np.ndarray) -> list[Segment]:
+        """Append, score and cut in one go (one thread): the utterances that ended in ``samples``."""
+        self.append(samples)
+        segments = self.segments(self.score(samples))
+        self.trim(self.detector.endpointer.speech_start)
+        return segments
+
+    def finish(self) -> list[Segment]:
+        """The stream paused or ended: whatever is being said is over."""
+        return self.segments(self.detector.finish())
+
+    def segments(self, events: list[VADEvent]) -> list[Segment]:
+        """The utterances ``events`` close (``speech_end``; a discarded cough is none)."""
+        decided = time.perf_counter()
+        return [
+            Segment(self.utterance_audio(e.start_sample, e.end_sample), e.start_sample, e.end_sample, decided)
+            for e in events if e.kind == "speech_end" and e.end_sample is not None
+        ]
+
+    # --- finals ----------------------------------------------------------------------------------
+    async def transcribe(self, audio: np.ndarray, *, language: str) -> Transcript:
+        """Decode ``audio`` with the call's ASR on the pool's ASR executor; failures raise (see ``failure``)."""
+        return await self.engines.asr_pool.run(self.engines.asr.transcribe, audio, language=language)
+
+    def failure(self, exc: BaseException, *, language: str, **log_extra: Any) -> NotHeard:
+        """What a failed final decode tells the client. The turn is lost as voice, not the call:
+        listening goes on for the next one, and the trainee can type this one (e.g. a zh-CN call
+        whose cloud ASR died, with only the English tiny.en model behind it)."""
+        if isinstance(exc, EngineBusy):
+            log.warning("final ASR decode refused: %s", exc, extra=log_extra)
+            return NotHeard(ErrorCode.RATE_LIMIT, "Speech recognition is busy; please repeat that.",
+                            {"retry_after": BUSY_RETRY_MS})
+        if isinstance(exc, ASRError):
+            log.warning("final ASR decode failed: %s", redact(str(exc)), extra=log_extra)
+        else:
+            log.error("final ASR decode failed", exc_info=exc, extra=log_extra)
+        return NotHeard(
+            ErrorCode.ASR_FAILED, "Speech recognition failed for this turn; please say it again or type it.",
+            {"reason": redact(str(exc)), "engine": getattr(self.engines.asr, "name", ""), "language": language},
+        )
+
+
+def heard(transcript: Transcript, *, language: str, start_ms: int, end_ms: int) -> Heard:
+    """The transport-neutral final of one decoded utterance."""
+    return Heard(text=transcript.text.strip(), confidence=float(transcript.confidence),
+                 language=transcript.language or language, start_ms=max(0, start_ms), end_ms=max(0, end_ms))
+
+
+__all__ = ["Heard", "Listening", "NotHeard", "PREROLL_SAMPLES", "Segment", "heard"]
