@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from roleplay.audio_format import SAMPLE_RATE
+
 EventKind = Literal["speech_start", "silence_began", "speech_resumed", "speech_end", "speech_discarded"]
 
 
@@ -60,7 +62,7 @@ class VADEvent:
     end_sample: int | None
     detected_at: int
 
-    def seconds(self, sample_rate: int = 16000) -> float:
+    def seconds(self, sample_rate: int = SAMPLE_RATE) -> float:
         return self.sample / sample_rate
 
 
@@ -91,7 +93,7 @@ class Endpointer:
     """
 
     config: EndpointerConfig = field(default_factory=EndpointerConfig)
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     window_samples: int = 512
 
     def __post_init__(self) -> None:
