@@ -357,7 +357,7 @@ ENGINE_BREAKER_RESET_SECONDS = envfloat("ENGINE_BREAKER_RESET_SECONDS", 30.0, mi
 
 # --- after the call ---------------------------------------------------------------------------
 RECORDING_RETENTION_DAYS = envint("RECORDING_RETENTION_DAYS", 90, minimum=1)
-# Post-session processing (roleplay/postprocess.py, roleplay/tasks.py); documented in docs/configuration.md.
+# Post-session processing (roleplay/after_call/, roleplay/tasks.py); documented in docs/configuration.md.
 ARCHIVE_AUDIO_BITRATE = envint("ARCHIVE_AUDIO_BITRATE", 32000, minimum=6000)  # Opus, both channels together
 ARCHIVE_KEEP_RAW_RECORDING = envbool("ARCHIVE_KEEP_RAW_RECORDING", False)  # keep the WAV beside the Opus copy
 ARCHIVE_ASR_BEAM_SIZE = envint("ARCHIVE_ASR_BEAM_SIZE", 1, minimum=1)

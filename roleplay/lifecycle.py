@@ -19,7 +19,7 @@ ends each of them by rule (``expiry_reason``):
 The rules run in three places: ``session_create`` (for one trainee, before counting their live
 sessions against ``MAX_LIVE_SESSIONS_PER_USER``), ``session_resume`` (for the session asked for), and
 ``sessions_sweep`` (for everyone, every ``SESSION_SWEEP_SECONDS``), which also re-dispatches after-call
-jobs nobody runs (``postprocess.processing_orphans_claim``). The sweep is run by Celery beat when
+jobs nobody runs (``after_call.processing_orphans_claim``). The sweep is run by Celery beat when
 there is a broker, and by ``ServerJobs``, a daemon thread of the server process, in the embedded
 default (no broker, so no beat). That thread also publishes the server's heartbeat, and at start-up
 either ends every session the previous process left live or dropped (the embedded default: one
@@ -45,7 +45,7 @@ from django.db import close_old_connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from roleplay import postprocess, services
+from roleplay import after_call, services
 from roleplay.models import RealtimeSession, User
 
 logger = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def sessions_sweep() -> SweepReport:
         abandoned=ended.get(RealtimeSession.EndReason.ABANDONED, []),
         dropped=ended.get(RealtimeSession.EndReason.DROPPED, []),
     )
-    report.never_processed, report.lease_expired = postprocess.processing_orphans_claim()
+    report.never_processed, report.lease_expired = after_call.processing_orphans_claim()
     _dispatch(report.never_processed + report.lease_expired)
     if report:
         logger.info("session sweep: %s", report.counts())
@@ -241,7 +241,7 @@ def sessions_end_left_by_previous_process() -> SweepReport:
     """
     report = SweepReport()
     # Jobs first: the sessions ended below are dispatched by session_end and must not be taken twice.
-    report.never_processed, report.lease_expired = postprocess.processing_orphans_claim(every_unfinished=True)
+    report.never_processed, report.lease_expired = after_call.processing_orphans_claim(every_unfinished=True)
     _dispatch(report.never_processed + report.lease_expired)
     left = RealtimeSession.objects.filter(state__in=LIVE_STATES, joined_at__isnull=False).exclude(owner=process_id())
     for session_id in list(left.values_list("pk", flat=True)):  # a list: SQLite cannot write under a cursor

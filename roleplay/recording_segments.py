@@ -5,7 +5,7 @@ ended, so a killed worker (or server) lost all of it. Now the recorder
 (``media_pipeline.recording.CallRecorder``) stores every ``RECORDING_SEGMENT_SECONDS`` of both
 sides under ``sessions/<id>/segments/`` while the call goes; the end of the call joins them into
 the usual raw WAV (``sessions/<id>/recording-raw.wav``) and deletes them. When the process dies
-instead, the after-call job (``roleplay.postprocess``) joins whatever segments exist, so at most
+instead, the after-call job (``roleplay.after_call``) joins whatever segments exist, so at most
 the segment being filled is lost.
 
 This lives on the roleplay side (it imports nothing from ``media_pipeline``) because the after-call

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that call ``roleplay.postprocess``; retry policy and scheduling live here.
+"""Celery tasks: thin wrappers that call ``roleplay.after_call``; retry policy and scheduling live here.
 
 Reliability (see ``lingecho/settings.py`` CELERY_*): tasks are acknowledged late and rejected back to
 the queue when the worker process dies, so a killed worker means the task runs again — which is safe
@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import connections
 
 from lingecho.priority import lower_current_thread_priority
-from roleplay import lifecycle, postprocess
+from roleplay import after_call, lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,13 @@ class AfterCallTask(Task):
 def process_session(self, session_id: str, force: bool = False) -> str:
     """Archive, re-transcribe and score one ended session (dispatched by ``services.session_end`` on commit)."""
     try:
-        return postprocess.session_process(session_id=session_id, force=force)
-    except postprocess.TRANSIENT_ERRORS as exc:
+        return after_call.session_process(session_id=session_id, force=force)
+    except after_call.TRANSIENT_ERRORS as exc:
         if self.request.retries >= settings.POSTPROCESS_MAX_RETRIES:
-            postprocess.processing_fail(session_id=session_id, error=exc)
+            after_call.processing_fail(session_id=session_id, error=exc)
             raise
         countdown = retry_countdown(self.request.retries)
-        postprocess.processing_retrying(
+        after_call.processing_retrying(
             session_id=session_id, attempt=self.request.retries + 1, countdown=countdown, error=exc
         )
         logger.warning("post-session step failed (%s); retry in %s s", type(exc).__name__, countdown,
@@ -85,7 +85,7 @@ def process_session(self, session_id: str, force: bool = False) -> str:
             time.sleep(countdown)  # eager retries do not wait; on our own background thread we can
         raise self.retry(exc=exc, countdown=countdown) from exc
     except Exception as exc:
-        postprocess.processing_fail(session_id=session_id, error=exc)
+        after_call.processing_fail(session_id=session_id, error=exc)
         raise
 
 
@@ -102,7 +102,7 @@ def sweep_sessions() -> dict[str, int]:
 @shared_task(name="roleplay.tasks.purge_recordings", acks_late=True)
 def purge_recordings() -> int:
     """Retention: remove recordings older than ``RECORDING_RETENTION_DAYS``; transcripts stay."""
-    return len(postprocess.recordings_purge())
+    return len(after_call.recordings_purge())
 
 
 def wait_for_background_jobs(timeout: float) -> bool:

@@ -1,6 +1,6 @@
 """The after-call job's port to the speech engines: read a stored call recording and transcribe it again.
 
-The after-call job (``roleplay.postprocess``) belongs to the domain, the speech engines to the
+The after-call job (``roleplay.after_call``) belongs to the domain, the speech engines to the
 media pipeline, and the domain imports nothing from the media pipeline. So the job asks for a
 :class:`Retranscriber` here, and the media pipeline registers its implementation at start-up
 (``MediaPipelineConfig.ready``), which runs in every process that runs the job: the Celery worker

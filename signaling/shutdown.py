@@ -24,7 +24,7 @@ mostly the re-transcription). One still running or queued at the deadline is *no
 server exits anyway (``lingecho.server`` ends the process hard after the reactor stops) and the
 next start-up processes the session: in the embedded default the new process owns all after-call
 work and takes every ``pending`` or ``running`` job at once (``roleplay.lifecycle``,
-``postprocess.processing_orphans_claim(every_unfinished=True)``; processing is idempotent); with a
+``after_call.processing_orphans_claim(every_unfinished=True)``; processing is idempotent); with a
 broker the jobs are not in this process at all. A call still ending at the deadline is cancelled;
 the start-up ends its session (``roleplay.lifecycle``) and its recording's stored segments are
 joined by the after-call job.

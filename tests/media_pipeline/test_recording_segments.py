@@ -13,9 +13,9 @@ from django.core.files.storage import default_storage
 
 from media_pipeline import recording
 from media_pipeline.recording import RATE, CallRecorder
-from roleplay import postprocess, recording_segments, services
+from roleplay import after_call, recording_segments, services
+from roleplay.after_call.archive import archive_names
 from roleplay.models import RealtimeSession
-from roleplay.postprocess import archive_names
 from roleplay.recording_segments import list_segments, raw_recording_name
 from tests.roleplay.test_s3_storage import s3, s3_endpoint  # noqa: F401 - moto fixtures (skip without moto_server)
 
@@ -130,13 +130,13 @@ def test_the_after_call_job_joins_what_a_killed_worker_left(live_session, settin
     cache.clear()
     services.session_end(session=live_session, reason="dropped")
     # Eager in the embedded default; with a broker (scaled pass) nobody consumes it here: run it as a worker would.
-    postprocess.session_process(session_id=live_session.pk)
+    after_call.session_process(session_id=live_session.pk)
     live_session.refresh_from_db()
     assert live_session.processing == "done", live_session.processing_detail
     assert live_session.recording.name == archive_names(live_session.pk)["recording"]
     assert live_session.audio_metadata["recording"]["recovered_segments"] == 2
     assert list_segments(live_session.pk) == []
-    from roleplay.postprocess import load_recording
+    from roleplay.after_call.recording import load_recording
 
     frames = load_recording(live_session.recording.name)
     assert 1900 <= len(frames) * 1000 // RATE <= 2100  # everything up to the last stored segment

@@ -17,8 +17,8 @@ from django.utils import timezone
 from media_pipeline.recording import CallRecorder, raw_recording_name
 from media_pipeline.retranscribe import load_stereo, retranscribe
 from roleplay import services
+from roleplay.after_call.archive import archive_names
 from roleplay.models import RealtimeSession, SessionAnalytics
-from roleplay.postprocess import archive_names
 from roleplay.tasks import process_session, retry_countdown, sweep_sessions
 from roleplay.transcription import RetranscribeOptions
 from tests.audio_fixtures import speak
@@ -392,7 +392,7 @@ def test_an_attached_recording_is_processed_once_when_it_arrives_before_the_run(
 
 def test_a_run_overtaken_by_a_newer_recording_never_loses_it(alice, scenario, django_capture_on_commit_callbacks,
                                                              monkeypatch):
-    from roleplay import postprocess
+    from roleplay.after_call import steps
 
     session, first = unsaved_call(alice, scenario)
     services.session_attach_recording(session_id=session.pk, name=first.save(), audio_metadata={})
@@ -406,7 +406,7 @@ def test_a_run_overtaken_by_a_newer_recording_never_loses_it(alice, scenario, dj
             name = longer.save()
             services.session_attach_recording(session_id=session.pk, name=name, audio_metadata={})
 
-    monkeypatch.setattr(postprocess, "_test_pause", the_worker_stores_a_newer_recording_meanwhile)
+    monkeypatch.setattr(steps, "_test_pause", the_worker_stores_a_newer_recording_meanwhile)
     session = end(session, django_capture_on_commit_callbacks)
 
     assert len(calls) == 2  # the overtaken run stopped; the run the new recording dispatched finished
@@ -418,9 +418,9 @@ def test_a_run_overtaken_by_a_newer_recording_never_loses_it(alice, scenario, dj
 
 def test_a_run_never_deletes_a_recording_that_is_being_written(recorded, django_capture_on_commit_callbacks,
                                                                monkeypatch):
-    from roleplay import postprocess
+    from roleplay.after_call import steps
 
-    monkeypatch.setattr(postprocess, "_test_pause",
+    monkeypatch.setattr(steps, "_test_pause",
                         lambda step: services.session_recording_saving(session_id=recorded.pk))
     session = end(recorded, django_capture_on_commit_callbacks)
 

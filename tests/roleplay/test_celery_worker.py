@@ -22,8 +22,8 @@ from django.db import connection
 
 from lingecho.celery import app as celery_app
 from roleplay import services
+from roleplay.after_call.archive import archive_names
 from roleplay.models import RealtimeSession, SessionAnalytics
-from roleplay.postprocess import archive_names
 from tests.roleplay.recorded_call import make_recorded_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.scaled]

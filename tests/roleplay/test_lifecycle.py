@@ -25,7 +25,8 @@ from django.conf import settings as settings_module
 from django.core.cache import cache
 from django.utils import timezone
 
-from roleplay import lifecycle, postprocess, services
+from roleplay import lifecycle, services
+from roleplay.after_call import job
 from roleplay.models import RealtimeSession
 from roleplay.tasks import process_session
 from tests.live_server import free_port, isolated_env, server_command
@@ -227,7 +228,7 @@ def test_start_up_of_the_embedded_default_ends_what_the_previous_process_left_an
     queued = services.session_create(trainee=alice, scenario=scenario, transport="text")
     running = services.session_create(trainee=bob, scenario=scenario, transport="text")
     RealtimeSession.objects.filter(pk__in=[queued.pk, running.pk]).update(state="ended", ended_at=timezone.now())
-    postprocess.processing_claim(session_id=running.pk)  # a lease that has not run out yet
+    job.processing_claim(session_id=running.pk)  # a lease that has not run out yet
 
     with django_capture_on_commit_callbacks(execute=True):
         report = lifecycle.sessions_end_left_by_previous_process()
@@ -254,11 +255,11 @@ def ended(trainee, scenario, *, ago: float = 0.0) -> RealtimeSession:
 def test_a_run_holds_a_lease_that_it_renews_and_gives_back(alice, scenario, settings):
     settings.POSTPROCESS_LEASE_SECONDS = 100
     session = ended(alice, scenario)
-    postprocess.processing_claim(session_id=session.pk)
+    job.processing_claim(session_id=session.pk)
     session.refresh_from_db()
     assert session.processing == "running"
     assert 95 < (session.processing_lease_until - timezone.now()).total_seconds() <= 100
-    postprocess.processing_retrying(session_id=session.pk, attempt=1, countdown=50, error=OSError("disk"))
+    job.processing_retrying(session_id=session.pk, attempt=1, countdown=50, error=OSError("disk"))
     session.refresh_from_db()
     assert 145 < (session.processing_lease_until - timezone.now()).total_seconds() <= 150  # covers the backoff
 
@@ -270,7 +271,7 @@ def test_a_run_holds_a_lease_that_it_renews_and_gives_back(alice, scenario, sett
 def test_the_sweeper_runs_again_a_job_whose_worker_died(alice, bob, scenario, django_capture_on_commit_callbacks):
     orphan, busy = ended(alice, scenario), ended(bob, scenario)
     for session in (orphan, busy):
-        postprocess.processing_claim(session_id=session.pk)
+        job.processing_claim(session_id=session.pk)
     RealtimeSession.objects.filter(pk=orphan.pk).update(processing_lease_until=timezone.now() - timedelta(seconds=1))
 
     report = sweep(django_capture_on_commit_callbacks)
@@ -298,7 +299,7 @@ def test_a_redispatched_job_is_not_dispatched_again_while_it_waits_in_a_queue(
 
 def test_failed_jobs_are_left_alone(alice, scenario, django_capture_on_commit_callbacks):
     session = ended(alice, scenario, ago=3600)
-    postprocess.processing_fail(session_id=session.pk, error="RuntimeError: a bug")
+    job.processing_fail(session_id=session.pk, error="RuntimeError: a bug")
     assert not sweep(django_capture_on_commit_callbacks)
     assert state_of(session)[2] == "failed"
 

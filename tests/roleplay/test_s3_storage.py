@@ -15,9 +15,9 @@ from django.core.files.storage import default_storage
 
 from media_pipeline.recording import raw_recording_name
 from roleplay import services
+from roleplay.after_call.archive import archive_names
 from roleplay.models import RealtimeSession, SessionAnalytics
 from roleplay.pages.media import media_url
-from roleplay.postprocess import archive_names
 from tests.roleplay.recorded_call import make_recorded_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("eager_celery")]

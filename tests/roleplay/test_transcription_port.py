@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from media_pipeline.retranscribe import FasterWhisperRetranscriber
-from roleplay import postprocess, transcription
+from roleplay import transcription
+from roleplay.after_call import recording
 from roleplay.transcription import NoRetranscriber, RetranscribeOptions
 
 
@@ -48,7 +49,7 @@ def test_the_after_call_job_asks_the_registered_retranscriber_in_the_scenario_la
     transcription.register_retranscriber(fake)
     session = SimpleNamespace(scenario=SimpleNamespace(language="zh-CN"))
     stereo = np.ones((16000, 2), dtype=np.int16)
-    assert postprocess._retranscribe(session, stereo) == {"status": "ok", "segments": []}
+    assert recording.retranscribe(session, stereo) == {"status": "ok", "segments": []}
     assert fake.asked[0].language == "zh-CN"
 
 
@@ -56,5 +57,5 @@ def test_a_call_without_audio_is_not_sent_to_the_retranscriber(restore_registrat
     fake = RecordingRetranscriber()
     transcription.register_retranscriber(fake)
     session = SimpleNamespace(scenario=SimpleNamespace(language="en"))
-    assert postprocess._retranscribe(session, None)["status"] == "skipped"
+    assert recording.retranscribe(session, None)["status"] == "skipped"
     assert fake.asked == []

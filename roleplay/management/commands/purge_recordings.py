@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from roleplay.postprocess import recordings_purge
+from roleplay.after_call import recordings_purge
 
 
 class Command(BaseCommand):
