@@ -186,6 +186,7 @@ async def soak(args: argparse.Namespace) -> int:
     stack.start()
     pid = stack.procs["daphne"].pid
     print(f"server log: {tmp / 'daphne.log'}")
+    rss_rounds: list[float] = []
     try:
         soak_ = Soak(stack, random.Random(args.seed))
         await soak_.cycle(0)  # warm every path once before the baseline
@@ -200,21 +201,26 @@ async def soak(args: argparse.Namespace) -> int:
             async with gate:
                 await soak_.cycle(i)
 
-        await asyncio.gather(*(one(i) for i in range(2, args.cycles + 2)))
-        took = time.monotonic() - began
-        await asyncio.sleep(args.resume_seconds + args.cooldown)  # dropped sessions expire, peers time out
-        # The embedded default processes ended calls one at a time in the background: wait for the
-        # backlog (bounded), so the final RSS is the server at rest, not mid-job.
-        drain_until = time.monotonic() + args.drain_timeout
-        states, unprocessed = processing_backlog(tmp / "db.sqlite3")
-        while unprocessed and time.monotonic() < drain_until:
-            await asyncio.sleep(5)
+        for round_ in range(args.rounds):
+            start = 2 + round_ * args.cycles
+            await asyncio.gather(*(one(i) for i in range(start, start + args.cycles)))
+            await asyncio.sleep(args.resume_seconds + args.cooldown)  # dropped sessions expire, peers time out
+            # The embedded default processes ended calls one at a time in the background: wait for the
+            # backlog (bounded), so each reading is the server at rest, not mid-job.
+            drain_until = time.monotonic() + args.drain_timeout
             states, unprocessed = processing_backlog(tmp / "db.sqlite3")
+            while unprocessed and time.monotonic() < drain_until:
+                await asyncio.sleep(5)
+                states, unprocessed = processing_backlog(tmp / "db.sqlite3")
+            rss_rounds.append(rss_mb(pid))
+        took = time.monotonic() - began
         after = scrape(stack.port)
         rss_after = rss_mb(pid)
     finally:
         stack.stop()
-    print(f"churn soak: {args.cycles} cycles, {args.parallel} at a time, in {took:.0f} s")
+    total = args.cycles * args.rounds
+    print(f"churn soak: {args.rounds} x {args.cycles} cycles, {args.parallel} at a time, in {took:.0f} s "
+          "(with cool-downs)")
     print(f"  outcomes: {dict(sorted(soak_.outcomes.items()))}")
     for error in soak_.errors[:10]:
         print(f"  error: {error}")
@@ -222,7 +228,12 @@ async def soak(args: argparse.Namespace) -> int:
     for name in METRICS:
         print(f"  {name:32} {before[name]:8.0f} {after[name]:8.0f}")
     print(f"  {'server RSS MB':32} {rss_before:8.1f} {rss_after:8.1f}  (growth {rss_after - rss_before:+.1f} MB, "
-          f"{(rss_after - rss_before) * 1024 / max(1, args.cycles):.0f} KB per cycle)")
+          f"{(rss_after - rss_before) * 1024 / max(1, total):.0f} KB per cycle)")
+    if len(rss_rounds) > 1:
+        steps = [b - a for a, b in zip([rss_before, *rss_rounds], rss_rounds, strict=False)]
+        print(f"  RSS after each round of {args.cycles}: {', '.join(f'{r:.0f}' for r in rss_rounds)} MB "
+              f"(growth per round {', '.join(f'{d:+.0f}' for d in steps)} MB: a plateau is allocator and caches, "
+              "a steady climb a leak)")
     print(f"  sessions by state after cool-down: {states}; ended but not processed: {unprocessed}")
     for kind in sorted(k for k in set(before) | set(after) if k.startswith("tasks:")):
         if after.get(kind, 0) != before.get(kind, 0):
@@ -238,7 +249,8 @@ async def soak(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--cycles", type=int, default=200, help="cycles per round")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of --cycles, each read at rest")
     parser.add_argument("--parallel", type=int, default=6)
     parser.add_argument("--resume-seconds", type=int, default=5)
     parser.add_argument("--cooldown", type=float, default=40.0,
