@@ -183,6 +183,7 @@ async def soak(args: argparse.Namespace) -> int:
     stack.env.update({"SESSION_RESUME_SECONDS": str(args.resume_seconds), "SESSION_SWEEP_SECONDS": "2",
                       "CHUNK_SWEEP_SECONDS": "2", "MAX_LIVE_SESSIONS_PER_USER": "1000", "WS_RATE_PER_SECOND": "200",
                       "WS_RATE_BURST": "400"})
+    stack.env.update(dict(pair.split("=", 1) for pair in args.server_env))
     stack.start()
     pid = stack.procs["daphne"].pid
     print(f"server log: {tmp / 'daphne.log'}")
@@ -257,6 +258,8 @@ def main() -> None:
                         help="seconds after the last cycle before the final reading (dead peers take ~30 s)")
     parser.add_argument("--drain-timeout", type=float, default=900.0,
                         help="longest wait for the after-call backlog before the final reading")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the server (e.g. GC_FULL_COLLECTION_SECONDS=60)")
     parser.add_argument("--seed", type=int, default=1)
     raise SystemExit(asyncio.run(soak(parser.parse_args())))
 
