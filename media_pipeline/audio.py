@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -194,3 +195,16 @@ def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
         channels, rate = w.getnchannels(), w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     return pcm16_to_float32(downmix(pcm, channels)), rate
+
+
+def resampled_pcm16(chunks: Iterable[np.ndarray], in_rate: int, out_rate: int) -> Iterator[bytes]:
+    """A stream of mono chunks (int16 or float32) at ``in_rate`` as PCM16 bytes at ``out_rate``,
+    resampled statefully across chunk edges and flushed at the end (one TTS reply at a time)."""
+    resampler = Resampler(in_rate, out_rate)
+    for chunk in chunks:
+        out = resampler.process(chunk)
+        if out.size:
+            yield float32_to_pcm16(out)
+    tail = resampler.flush()
+    if tail.size:
+        yield float32_to_pcm16(tail)

@@ -169,16 +169,10 @@ class FallbackTTS(TTSEngine):
         if self.fallback.sample_rate == self.sample_rate:
             yield from self.fallback.synthesize(text, **kwargs)
             return
-        from media_pipeline.audio import Resampler, float32_to_pcm16
+        from media_pipeline.audio import resampled_pcm16
 
-        resampler = Resampler(self.fallback.sample_rate, self.sample_rate)
-        for chunk in self.fallback.synthesize(text, **kwargs):
-            out = resampler.process(chunk)
-            if out.size:
-                yield float32_to_pcm16(out)
-        tail = resampler.flush()
-        if tail.size:
-            yield float32_to_pcm16(tail)
+        yield from resampled_pcm16(self.fallback.synthesize(text, **kwargs), self.fallback.sample_rate,
+                                   self.sample_rate)
 
 
 def _cjk(language: str) -> bool:

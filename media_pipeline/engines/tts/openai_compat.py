@@ -102,16 +102,9 @@ class OpenAICompatTTS(TTSEngine):
         if rate == self._rate:
             yield from _pcm16(rest())
             return
-        from media_pipeline.audio import Resampler, float32_to_pcm16
+        from media_pipeline.audio import resampled_pcm16
 
-        resampler = Resampler(rate, self._rate)
-        for pcm in _pcm16(rest()):
-            out = resampler.process(pcm)
-            if out.size:
-                yield float32_to_pcm16(out)
-        tail = resampler.flush()
-        if tail.size:
-            yield float32_to_pcm16(tail)
+        yield from resampled_pcm16(_pcm16(rest()), rate, self._rate)
 
 
 def _pcm16(chunks: Iterator[bytes]) -> Iterator[np.ndarray]:
