@@ -14,17 +14,16 @@ from channels.security.websocket import OriginValidator, WebsocketDenier
 from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from django.db import InterfaceError, OperationalError
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from roleplay.models import User
-from signaling.protocol import CloseCode, ErrorCode, encode, error_envelope
+from signaling.db import DATABASE_ERRORS, database_unavailable
+from signaling.protocol import CloseCode, encode, error_envelope
 
 # Set in the scope when the user could not be looked up because the database is unavailable:
 # the handshake is then refused as "try again shortly", never as "who are you?".
 AUTH_UNAVAILABLE = "lingecho.auth_unavailable"
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 def query_params(scope: dict) -> dict[str, str]:
@@ -114,10 +113,8 @@ class _RefuseUntilDatabaseBack(_LayerlessDenier):
 
     async def connect(self) -> None:
         await self.accept()
-        await self.send(text_data=encode(error_envelope(
-            "", ErrorCode.CONNECTION_FAILED, "The database is unavailable right now; try again in a few seconds.",
-            {"reason": "database_unavailable", "retry_after": 2000},
-        )))
+        refusal = database_unavailable()
+        await self.send(text_data=encode(error_envelope("", refusal.code, refusal.message, refusal.details)))
         await self.close(code=CloseCode.TRY_AGAIN)
 
 

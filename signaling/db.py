@@ -23,6 +23,8 @@ from signaling.protocol import ErrorCode, ProtocolError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_MS = 2000
+# What a lost database raises in Django: OperationalError, or InterfaceError on a connection that died.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -42,7 +44,7 @@ def domain_call(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except (OperationalError, InterfaceError) as exc:
+        except DATABASE_ERRORS as exc:
             logger.warning("database unavailable in %s: %s", func.__name__, type(exc).__name__)
             raise database_unavailable() from None
 

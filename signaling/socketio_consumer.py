@@ -34,7 +34,7 @@ from media_pipeline.webm_stream import FORMATS, AudioDecodeError
 from signaling import gateway, shutdown
 from signaling.auth import AUTH_UNAVAILABLE, AuthUnavailable, query_params, user_from_token
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
-from signaling.db import until_recorded
+from signaling.db import database_unavailable, until_recorded
 from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid, now_ms
 from signaling.ratelimit import TokenBucket
 from signaling.sending import DropSendsAfterClose
@@ -177,9 +177,10 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
                 unavailable = True
         if unavailable:
             # The database is down, the credentials may be fine: say so and keep the socket for a retry.
+            refusal = database_unavailable()
+            details = refusal.details
             await self._frames(self.wire.connect_error(
-                "The database is unavailable right now; try again in a few seconds.",
-                data={"code": "database_unavailable", "retry_after": 2000},
+                refusal.message, data={"code": details["reason"], "retry_after": details["retry_after"]},
             ))
             return
         if user is None or not user.is_authenticated:

@@ -22,8 +22,8 @@ from django.conf import settings
 
 from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, hangup, to_worker
 from signaling import gateway, shutdown
-from signaling.auth import DATABASE_ERRORS, query_params
-from signaling.db import database_unavailable, until_recorded
+from signaling.auth import query_params
+from signaling.db import DATABASE_ERRORS, database_unavailable, until_recorded
 from signaling.ice import ice_servers
 from signaling.protocol import (
     ACCEPTS,
