@@ -176,7 +176,8 @@ LINGECHO_STORAGE = envchoice("LINGECHO_STORAGE", "local", ("local", "s3"))
 MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "/media/"
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic` writes here; nginx serves it at /static/ (deploy/nginx/lingecho.conf).
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 if LINGECHO_STORAGE == "s3":
     _bucket = envstr("S3_BUCKET")
@@ -291,6 +292,8 @@ ICE_SERVERS_URLS = envlist("ICE_SERVERS")
 TURN_URLS = envlist("TURN_URLS")
 TURN_SECRET = envstr("TURN_SECRET")
 TURN_CREDENTIAL_TTL_SECONDS = envint("TURN_CREDENTIAL_TTL_SECONDS", 3600, minimum=60)
+# A call whose ICE has not connected this long after the answer gets ERR_WEBRTC_FAILED (ice_timeout).
+ICE_CONNECT_TIMEOUT_SECONDS = envfloat("ICE_CONNECT_TIMEOUT_SECONDS", 15.0, minimum=1.0)
 
 # --- chunk fallback (Socket.IO) -------------------------------------------------------------
 CHUNK_FLUSH_BYTES = envint("CHUNK_FLUSH_BYTES", 32 * 1024, minimum=1024)

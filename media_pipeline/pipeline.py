@@ -41,7 +41,7 @@ from roleplay.models import RealtimeSession, Utterance
 
 log = logging.getLogger(__name__)
 
-ICE_CONNECT_TIMEOUT_SECONDS = 15.0
+ICE_CONNECT_TIMEOUT_SECONDS = settings.ICE_CONNECT_TIMEOUT_SECONDS  # read once at import (tests patch this name)
 # On hang-up, how long in-flight turns get to persist what the trainee saw and heard.
 CLOSE_GRACE_SECONDS = 3.0
 
