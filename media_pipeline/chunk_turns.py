@@ -105,11 +105,6 @@ def _session_totals(session_id: str) -> dict[str, Any]:
 
 
 @database_sync_to_async
-def _attach_recording(session_id: str, name: str, metadata: dict[str, Any]) -> None:
-    services.session_attach_recording(session_id=session_id, name=name, audio_metadata=metadata)
-
-
-@database_sync_to_async
 def _set_audio_metadata(session_id: str, metadata: dict[str, Any]) -> None:
     services.session_set_transport(
         session_id=session_id, transport=RealtimeSession.Transport.CHUNK, audio_metadata=metadata
@@ -273,11 +268,7 @@ class ChunkTurns:
 
     async def _save_recording(self) -> None:
         try:
-            await self.recorder.stop_writing()
-            name = await asyncio.to_thread(self.recorder.save)
-            if name:
-                metadata = {**self._metadata(), "recording_ms": self.recorder.duration_ms}
-                await _attach_recording(self.session_id, name, metadata)
+            await self.recorder.finish(self._metadata())
         except Exception:  # noqa: BLE001 - a storage failure must not hide the end of the call
             logger.exception("could not save the chunk session recording", extra={"session_id": self.session_id})
 
@@ -388,9 +379,8 @@ class ChunkTurns:
             "videoUrl": media_url(self.info.video_name) if self.info.video_name else None,
         })
         if ends and self._request_close is not None:
-            # Same reasons as the WebRTC path: the turn limit, or the buyer closed the call.
             self.ended = True
-            await self._request_close("max_turns" if max_turns and turn_count >= max_turns else "buyer_ended")
+            await self._request_close(str(reply.end_reason))
 
     async def _synthesize(self, text: str) -> tuple[np.ndarray, int]:
         engine = self.engines.tts

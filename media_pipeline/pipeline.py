@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
@@ -85,11 +84,6 @@ def _update_session_utterance(session_id: str, utterance_id: int, **fields: Any)
     """Late facts about a reply the signaling side persisted (a typed turn's reply, spoken here)."""
     if Utterance.objects.filter(pk=utterance_id, session_id=session_id).exists():
         services.utterance_update(utterance_id=utterance_id, **fields)
-
-
-@database_sync_to_async
-def _attach_recording(session_id: str, name: str, metadata: dict[str, Any]) -> None:
-    services.session_attach_recording(session_id=session_id, name=name, audio_metadata=metadata)
 
 
 def _synthesize(engines: Engines, text: str, rate: int, voice: str, language: str, speed: float, pitch: float) -> Any:
@@ -437,8 +431,7 @@ class CallSession:
                     start_ms=spoken.start_ms, end_ms=spoken.end_ms, latency=latency,
                 )
         if reply.ends_conversation:
-            reached = reply.context.turn_count >= reply.context.max_turns
-            await self._end("max_turns" if reached else "buyer_ended")
+            await self._end(str(reply.end_reason))
 
     async def _end(self, reason: str) -> None:
         await self.layer.send(self.reply_channel, {"type": "media.session_end", "session_id": self.session_id,
@@ -647,13 +640,7 @@ class CallSession:
     async def _save_recording(self) -> None:
         recorder = self.recorder
         self.recorder = None
-        await recorder.stop_writing()
-        name = await sync_to_async(recorder.save, thread_sensitive=False)()
-        if name is None:
-            return
-        await _attach_recording(self.session_id, name, {
-            "recording": {"format": "wav", "sample_rate": 16000, "channels": 2, "left": "trainee",
-                          "right": "buyer", "duration_ms": recorder.duration_ms, "truncated": recorder.truncated},
+        await recorder.finish({
             "codec": self.negotiated.codec if self.negotiated else None,
             "codec_sample_rate": self.negotiated.sample_rate if self.negotiated else None,
         })

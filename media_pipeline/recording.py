@@ -23,11 +23,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from roleplay import recording_segments
+from roleplay import recording_segments, services
 from roleplay.audio_format import SAMPLE_RATE as RATE
 from roleplay.recording_segments import raw_recording_name
 
@@ -234,6 +236,18 @@ class CallRecorder:
             return None
         self._end = max(self._end, joined.frames)
         return joined.name
+
+    async def finish(self, metadata: dict[str, Any]) -> str | None:
+        """The call is over in this process: stop the writer, store the rest, join the WAV and point
+        the session at it, with ``metadata`` merged into its audio facts. Both transports end this
+        way; returns the stored name (None: nothing was recorded)."""
+        await self.stop_writing()
+        name = await asyncio.to_thread(self.save)
+        if name:
+            facts = recording_segments.recording_facts(duration_ms=self.duration_ms, truncated=self.truncated)
+            await database_sync_to_async(services.session_attach_recording)(
+                session_id=self.session_id, name=name, audio_metadata={**metadata, "recording": facts})
+        return name
 
     def close(self) -> None:
         """Forget the audio still in memory (after ``save``, or a recording nobody will keep)."""

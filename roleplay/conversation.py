@@ -113,6 +113,14 @@ class BuyerReply:
         """Max turns reached, or the buyer has closed the call."""
         return self.context.turn_count >= self.context.max_turns or self.state_after().ended
 
+    @property
+    def end_reason(self) -> str:
+        """Why the conversation ends after this reply (meaningful when ``ends_conversation``):
+        the scenario's turn limit, else the buyer closed the call. One answer for every transport."""
+        ctx = self.context
+        reached = bool(ctx.max_turns) and ctx.turn_count >= ctx.max_turns
+        return RealtimeSession.EndReason.MAX_TURNS if reached else RealtimeSession.EndReason.BUYER_ENDED
+
     async def persist(
         self,
         *,

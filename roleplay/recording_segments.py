@@ -321,8 +321,13 @@ def recover_recording(*, session_id: str) -> JoinedRecording | None:
         return None
     log.info("joined %d recording segments left by a writer that died", joined.segments,
              extra={"session_id": session_id})
-    services.session_attach_recording(session_id=session_id, name=joined.name, audio_metadata={"recording": {
-        "format": "wav", "sample_rate": RATE, "channels": CHANNELS, "left": "trainee", "right": "buyer",
-        "duration_ms": joined.duration_ms, "recovered_segments": joined.segments,
-    }})
+    services.session_attach_recording(session_id=session_id, name=joined.name, audio_metadata={
+        "recording": recording_facts(duration_ms=joined.duration_ms, recovered_segments=joined.segments),
+    })
     return joined
+
+
+def recording_facts(*, duration_ms: int, **more: object) -> dict[str, object]:
+    """What ``audio_metadata["recording"]`` says of a joined stereo WAV, whoever joined it."""
+    return {"format": "wav", "sample_rate": RATE, "channels": CHANNELS, "left": "trainee", "right": "buyer",
+            "duration_ms": duration_ms, **more}

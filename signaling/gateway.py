@@ -164,10 +164,8 @@ class BuyerText:
 
 
 def _buyer_text(reply: conversation.BuyerReply, utterance_id: int) -> BuyerText:
-    ctx = reply.context
-    ends = reply.ends_conversation
-    reason = "max_turns" if ctx.max_turns and ctx.turn_count >= ctx.max_turns else "buyer_ended"
-    return BuyerText(response_id=f"resp_{utterance_id}", text=reply.text, ends_conversation=ends, end_reason=reason,
+    return BuyerText(response_id=f"resp_{utterance_id}", text=reply.text, ends_conversation=reply.ends_conversation,
+                     end_reason=str(reply.end_reason),
                      utterance_id=utterance_id)
 
 
