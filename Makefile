@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test test-fast lint bench
+.PHONY: run run-scaled test test-fast lint bench
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py create_demo_data
 	$(PY) -m lingecho.server -b $(HOST) -p $(PORT) lingecho.asgi:application
+
+# The scaled topology behind nginx on this machine (deploy/run_scaled.py): nginx, two servers, two
+# media workers, Celery worker + beat, on local PostgreSQL, Redis and an in-memory S3 (moto).
+# HTTP_PORT picks nginx's port; DATABASE_URL / REDIS_URL / CELERY_BROKER_URL override the services.
+HTTP_PORT ?= 8080
+run-scaled: $(VENV)/.installed-dev
+	$(PY) deploy/run_scaled.py --http-port $(HTTP_PORT)
 
 # Lint (ruff, then the import contracts in pyproject.toml), then the whole suite on the embedded
 # default, then again on PostgreSQL + Redis when they are reachable.

@@ -327,6 +327,13 @@ SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 10.0, minimum=0.0)
 ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)
 ENDPOINT_SILENCE_MS = envint("ENDPOINT_SILENCE_MS", 400, minimum=100)
+# End of turn (media_pipeline.turns): "smart" = Smart Turn v3.2 decides at a pause whether the
+# trainee has finished (fails at start if its model is not installed), "silence" = a fixed
+# ENDPOINT_SILENCE_MS pause ends the turn, "auto" (unset) = smart if the model is installed.
+TURN_DETECTOR = envchoice("TURN_DETECTOR", "auto", ("auto", "smart", "silence"))
+TURN_ASK_SILENCE_MS = envint("TURN_ASK_SILENCE_MS", 200, minimum=32, maximum=2000)  # pause before asking
+TURN_COMPLETE_THRESHOLD = envfloat("TURN_COMPLETE_THRESHOLD", 0.5, minimum=0.0)  # P(complete) that ends it
+TURN_PATIENCE_MS = envint("TURN_PATIENCE_MS", 2000, minimum=100, maximum=10000)  # longest pause inside a turn
 BARGE_IN_MIN_SPEECH_MS = envint("BARGE_IN_MIN_SPEECH_MS", 250, minimum=50)
 INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
 # faster-whisper: decode utterances shorter than this on a mel window of this length instead of

@@ -7,7 +7,10 @@ VAD and TTS get one thread each (Silero is ~4 ms per second of audio; eSpeak is 
 own lock anyway); ``decode`` (``CHUNK_DECODE_WORKERS`` threads) decodes and VAD-scores the audio
 chunk path's flushes. A WebRTC call and a chunked session in the same process therefore share one
 model and queue on the same executors, so a final is served in order of end of speech whatever
-the transport.
+the transport. The end-of-turn model (Smart Turn, ``media_pipeline.turns``) is one more
+process-wide model with no executor of its own: listening asks it from inside VAD scoring, so it
+runs on the VAD executor (WebRTC) or the decode executor (chunks). ``turn`` is None when
+``TURN_DETECTOR`` resolves to the fixed-silence rule.
 
 Each call or session then gets its own :class:`Engines` view (:func:`call_engines`): the same
 executors and VAD, with the ASR and TTS its scenario selects (scenario override > settings >
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from channels.db import database_sync_to_async
 from django.conf import settings
 
@@ -37,6 +41,8 @@ from media_pipeline.contract import ErrorCode
 from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
 from media_pipeline.engines.choice import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
 from media_pipeline.executor import BoundedExecutor
+from media_pipeline.turns import load_turn_detector
+from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,7 @@ class Engines:
     vad_pool: BoundedExecutor
     tts_pool: BoundedExecutor
     decode_pool: BoundedExecutor  # the chunk path's decode + VAD of one flush
+    turn: Any = None  # the end-of-turn detector (media_pipeline.turns), None = fixed silence
 
     def asr_idle(self) -> bool:
         """True when an interim decode would not delay anything (a free ASR thread, no queue)."""
@@ -95,6 +102,7 @@ def get_engines() -> Engines:
                     "chunk-decode", max_workers=settings.CHUNK_DECODE_WORKERS,
                     max_queue=settings.ENGINE_QUEUE_DEPTH * 4, block=True, timeout=timeout,
                 ),
+                turn=load_turn_detector(),
             )
         return _engines
 
@@ -170,6 +178,8 @@ def warm_up() -> None:
         engines.asr.warm_up()
         list(engines.tts.synthesize("Hello.", language="en"))
         engines.vad.create_stream()
+        if engines.turn is not None:
+            engines.turn.predict(np.zeros(RATE, dtype=np.float32))  # onnxruntime's first run plans memory
         _warmed = True
 
 

@@ -34,6 +34,7 @@ from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.vad.base import VADEvent
 from media_pipeline.executor import EngineBusy
 from media_pipeline.listening import Heard, Listening, heard
+from media_pipeline.turns import TurnDecision
 from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class FinalResult(Heard):
     last_voiced_at: float  # monotonic arrival of the last voiced frame
     decided_at: float  # monotonic: endpointing (or asr_stop) closed the turn
     ready_at: float  # monotonic: the transcript existed
+    turn: TurnDecision | None = None  # how endpointing decided the turn was over (None: asr_stop, limit)
 
     @property
     def endpointing_ms(self) -> float:
@@ -294,7 +296,8 @@ class InboundAudio:
         elif event.kind == "speech_end":
             assert event.end_sample is not None
             decided = time.monotonic()
-            self._close_turn(event.start_sample, event.end_sample, decided, self.arrival(event.end_sample))
+            self._close_turn(event.start_sample, event.end_sample, decided, self.arrival(event.end_sample),
+                             turn=Listening.decision(event))
             self.utt_start = None
         elif event.kind == "speech_discarded":
             self._final = None
@@ -313,6 +316,7 @@ class InboundAudio:
             return
         transcript, _ = task.result()
         if not transcript.is_empty:
+            self.listening.hear_words(transcript.text, key[1], self.language)
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
 
@@ -361,18 +365,21 @@ class InboundAudio:
         except Exception:  # noqa: BLE001 - an interim is best effort
             return
         if result_id == self.result_id and self.utt_start is not None and not transcript.is_empty:
+            self.listening.hear_words(transcript.text, end, self.language)  # the end-of-turn word cue
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
 
-    def _close_turn(self, start: int, end: int, decided_at: float, last_voiced_at: float) -> None:
+    def _close_turn(self, start: int, end: int, decided_at: float, last_voiced_at: float,
+                    turn: TurnDecision | None = None) -> None:
         """Turn over: reuse the decode started at silence_began if it covers the same span."""
         pending, self._final = self._final, None
         task = pending[1] if pending and pending[0] == (start, end) else self._spawn(self._decode(start, end))
-        self._spawn(self._finalize(task, start, end, decided_at, last_voiced_at, self.result_id, self.interim_count))
+        self._spawn(self._finalize(task, start, end, decided_at, last_voiced_at, self.result_id, self.interim_count,
+                                   turn))
 
     async def _finalize(
         self, task: asyncio.Task, start: int, end: int, decided_at: float, last_voiced_at: float,
-        result_id: str, interims: int,
+        result_id: str, interims: int, turn: TurnDecision | None = None,
     ) -> None:
         async with self._final_order:  # results leave in the order the turns ended
             try:
@@ -394,5 +401,6 @@ class InboundAudio:
                     last_voiced_at=last_voiced_at,
                     decided_at=decided_at,
                     ready_at=max(ready_at, decided_at),
+                    turn=turn,
                 )
             )

@@ -8,9 +8,18 @@ add on top stays theirs: WebRTC its speculative finals, interims, manual mode an
 (``media_pipeline.inbound``); the chunk path its decoder, flush batching and turn queue
 (``media_pipeline.chunk_turns``).
 
+End of turn: the endpointer asks this stage's turn policy (``media_pipeline.turns``) once a pause
+has lasted ``TURN_ASK_SILENCE_MS``; the question runs inside ``score``, so the Smart Turn model
+runs wherever the VAD does (the VAD executor for WebRTC, the decode executor for chunks), never on
+a loop. The model reads the last ≤ 8 s the VAD has scored, which ``score`` keeps for itself (the
+kept audio belongs to the other half, see below). Words help when a transport has them
+(``hear_words``: WebRTC's interims). Each closed utterance carries a :class:`TurnDecision`
+(``Segment.turn``, ``decision(event)``) and the decision is counted in ``/metrics``.
+
 Threads: ``append``, ``audio`` and ``trim`` touch the kept audio; ``score`` touches only the
-detector. A caller may run ``score`` on the VAD executor while appending on its loop (WebRTC), or
-everything on one decode thread (chunks), but never two callers of the same half at once.
+detector and its own copy of the scored audio. A caller may run ``score`` on the VAD executor while
+appending on its loop (WebRTC), or everything on one decode thread (chunks), but never two callers
+of the same half at once. ``hear_words`` may be called from anywhere (it replaces one tuple).
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.asr.base import ASRError, Transcript
 from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
 from media_pipeline.executor import EngineBusy
+from media_pipeline.metrics import TURN_DECISIONS_TOTAL, TURN_DETECTOR_SECONDS
+from media_pipeline.turns import TurnDecision, Verdict, turn_policy
+from media_pipeline.turns.smart_turn import WINDOW_SAMPLES as TURN_WINDOW_SAMPLES
 from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
@@ -41,6 +53,12 @@ TAIL_SAMPLES = RATE // 10  # and a little after its end: a trailing consonant fa
 # scores batches on an executor), a start it reports late must still find its pre-roll.
 KEEP_SAMPLES = 2 * RATE
 BUSY_RETRY_MS = 2000
+# The turn detector hears the turn from this long before its start (Pipecat feeds Smart Turn 0.5 s
+# of pre-speech), and at most its 8 s window.
+TURN_PRESPEECH_SAMPLES = RATE // 2
+# Words count for the turn decision only if they cover the speech up to this close to the pause:
+# an older interim may end on an "and" the trainee has since finished.
+WORDS_FRESH_SAMPLES = RATE // 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class Segment:
     start_sample: int
     end_sample: int
     detected_at: float  # perf_counter when the end of speech was decided
+    turn: TurnDecision | None = None  # how its end was decided (``media_pipeline.turns``)
 
 
 @dataclass(frozen=True)
@@ -83,12 +102,23 @@ class Listening:
         vad_threshold: float | None = None,
         end_silence_ms: int | None = None,
         max_utterance_ms: int | None = None,
+        patience_ms: int | None = None,
     ) -> None:
+        """``patience_ms``: the longest pause inside a turn (a scenario's own; default ``TURN_PATIENCE_MS``)."""
         self.engines = engines
+        end_silence = settings.ENDPOINT_SILENCE_MS if end_silence_ms is None else end_silence_ms
+        self.policy = turn_policy(getattr(engines, "turn", None), end_silence_ms=end_silence,
+                                  patience_ms=patience_ms)
         self.detector = SpeechDetector(engines.vad, EndpointerConfig(
             threshold=settings.VAD_THRESHOLD if vad_threshold is None else vad_threshold,
-            end_silence_ms=settings.ENDPOINT_SILENCE_MS if end_silence_ms is None else end_silence_ms,
-        ))
+            end_silence_ms=end_silence,
+            ask_silence_ms=self.policy.ask_silence_ms,
+            patience_ms=self.policy.patience_ms,
+        ), turn_end=self._turn_end)
+        self._scored: list[np.ndarray] = []  # the score half's copy of the last seconds, for the model
+        self._scored_from = 0
+        self._scored_total = 0
+        self._words: tuple[str, int, str] = ("", 0, "en")  # (text, stream sample it covers to, language)
         max_ms = settings.MAX_AUDIO_DURATION_MS if max_utterance_ms is None else max_utterance_ms
         self.max_utterance_samples = max_ms * RATE // 1000
         self.total = 0  # samples appended since the stream began
@@ -132,8 +162,71 @@ class Listening:
 
     # --- VAD -------------------------------------------------------------------------------------
     def score(self, samples: np.ndarray) -> list[VADEvent]:
-        """Run the VAD and endpointer over the next ``samples`` of the stream (blocking, CPU)."""
-        return self.detector.feed(samples)
+        """Run the VAD and endpointer over the next ``samples`` of the stream (blocking, CPU).
+
+        May ask the turn detector (one Smart Turn inference) when a pause reaches the ask point.
+        """
+        if self.policy.needs_audio and samples.size:
+            self._keep_scored(samples)
+        events = self.detector.feed(samples)
+        for event in events:
+            if event.reason == "patience_expired":
+                TURN_DECISIONS_TOTAL.labels("patience_expired").inc()
+        return events
+
+    # --- end of turn -----------------------------------------------------------------------------
+    def hear_words(self, text: str, end_sample: int, language: str = "en") -> None:
+        """The latest words of the open utterance, transcribed up to stream sample ``end_sample``."""
+        self._words = (text, end_sample, language)
+
+    def _keep_scored(self, samples: np.ndarray) -> None:
+        self._scored.append(np.asarray(samples, dtype=np.float32))
+        self._scored_total += samples.size
+        keep_from = self._scored_total - TURN_WINDOW_SAMPLES - TURN_PRESPEECH_SAMPLES
+        while self._scored and self._scored_from + self._scored[0].size <= keep_from:
+            self._scored_from += self._scored.pop(0).size
+
+    def _scored_audio(self, start: int, end: int) -> np.ndarray:
+        start, end = max(start, self._scored_from), min(end, self._scored_total)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        if len(self._scored) > 1:
+            self._scored = [np.concatenate(self._scored)]
+        return self._scored[0][start - self._scored_from : end - self._scored_from]
+
+    def _turn_end(self, speech_start: int, pause: int, now: int) -> Verdict:
+        """The endpointer's question at ``ask_silence_ms`` into a pause: is the turn over?"""
+        audio = np.zeros(0, dtype=np.float32)
+        if self.policy.needs_audio:
+            audio = self._scored_audio(max(speech_start - TURN_PRESPEECH_SAMPLES, now - TURN_WINDOW_SAMPLES), now)
+        text, covered_to, language = self._words
+        if covered_to < max(speech_start, pause - WORDS_FRESH_SAMPLES):
+            text = ""  # words from an earlier utterance, or too old to speak for this pause
+        verdict = self.policy.decide(audio, text=text, language=language)
+        if verdict.detector != "silence":  # the fixed-pause rule decides nothing worth counting
+            TURN_DECISIONS_TOTAL.labels("complete" if verdict.complete else "incomplete").inc()
+        if verdict.inference_ms:
+            TURN_DETECTOR_SECONDS.observe(verdict.inference_ms / 1000)
+        return verdict
+
+    @staticmethod
+    def decision(event: VADEvent) -> TurnDecision | None:
+        """How ``event`` (a ``speech_end``) was decided; None for other events."""
+        if event.kind not in ("speech_end", "speech_discarded") or not event.reason:
+            return None
+        verdict = event.verdict
+        decision = event.reason
+        if decision == "complete" and verdict is not None and verdict.detector == "silence":
+            decision = "silence"
+        return TurnDecision(
+            decision=decision,
+            detector=verdict.detector if verdict is not None else "",
+            probability=verdict.probability if verdict is not None and verdict.detector != "silence" else None,
+            inference_ms=verdict.inference_ms if verdict is not None else 0.0,
+            waited_ms=(event.detected_at - event.sample) * 1000 // RATE,
+            cue=verdict.cue if verdict is not None else "",
+            asks=event.asks,
+        )
 
     def feed(self, samples: np.ndarray) -> list[Segment]:
         """Append, score and cut in one go (one thread): the utterances that ended in ``samples``."""
@@ -150,7 +243,8 @@ class Listening:
         """The utterances ``events`` close (``speech_end``; a discarded cough is none)."""
         decided = time.perf_counter()
         return [
-            Segment(self.utterance_audio(e.start_sample, e.end_sample), e.start_sample, e.end_sample, decided)
+            Segment(self.utterance_audio(e.start_sample, e.end_sample), e.start_sample, e.end_sample, decided,
+                    self.decision(e))
             for e in events if e.kind == "speech_end" and e.end_sample is not None
         ]
 

@@ -58,6 +58,17 @@ TTS_FIRST_AUDIO_SECONDS = Histogram(
     "lingecho_tts_first_audio_seconds", "TTS request to its first audio chunk", ["engine"],
     buckets=LATENCY_BUCKETS,
 )
+# End of turn (media_pipeline.turns): one Smart Turn inference (~0.1-0.2 s on one core here), and
+# what was decided: at each question complete/incomplete, and incomplete pauses that ran out.
+TURN_DETECTOR_SECONDS = Histogram(
+    "lingecho_turn_detector_seconds", "One end-of-turn model inference (features + model)",
+    buckets=TASK_BUCKETS,
+)
+TURN_DECISIONS_TOTAL = Counter(
+    "lingecho_turn_decisions_total",
+    "End-of-turn decisions: complete / incomplete at a pause, patience_expired when an incomplete pause ran out",
+    ["decision"],
+)
 TURN_LATENCY_SECONDS = Histogram(
     "lingecho_turn_latency_seconds", "End of user speech to the first reply audio sent (end to end)",
     buckets=LATENCY_BUCKETS,

@@ -2,19 +2,36 @@
 
 A VAD model is shared; each audio stream gets its own :class:`VADStream` (recurrent state).
 The :class:`Endpointer` is model-agnostic: it only sees one probability per window, so a new
-VAD provider is one new file that implements :class:`VADModel`.
+VAD provider is one new file that implements :class:`VADModel`. When the end of a turn is more
+than a fixed pause, the endpointer asks a ``turn_end`` hook (``media_pipeline.turns``) once a
+pause has lasted ``ask_silence_ms``: "complete" ends the segment there, "incomplete" keeps it open
+until speech resumes (the pause was inside the turn) or the pause reaches ``patience_ms``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from roleplay.audio_format import SAMPLE_RATE
 
 EventKind = Literal["speech_start", "silence_began", "speech_resumed", "speech_end", "speech_discarded"]
+# Why a segment closed: a fixed pause, the hook said complete, the hook said incomplete and the
+# pause outlasted the patience, the stream stopped (``finish``), too short to ask about.
+EndReason = Literal["silence", "complete", "patience_expired", "stream_end", "too_short", ""]
+
+
+class TurnCheck(Protocol):
+    """What a ``turn_end`` hook answers (``media_pipeline.turns.base.Verdict`` is one)."""
+
+    complete: bool
+
+
+# (speech_start, pause_start, now) in stream samples -> the verdict on the turn so far.
+TurnEndHook = Callable[[int, int, int], TurnCheck]
 
 
 class VADStream(Protocol):
@@ -53,7 +70,9 @@ class VADEvent:
       a click, not a turn.
 
     ``detected_at`` is the stream position when the event was decided: ``detected_at - sample``
-    is the endpointing delay.
+    is the endpointing delay. On ``speech_end``/``speech_discarded``, ``reason`` says why it
+    closed, ``verdict`` is the hook's last answer about its final pause (None if none was asked)
+    and ``asks`` counts the earlier pauses inside it that the hook judged incomplete.
     """
 
     kind: EventKind
@@ -61,6 +80,9 @@ class VADEvent:
     start_sample: int
     end_sample: int | None
     detected_at: int
+    reason: EndReason = ""
+    verdict: Any = None
+    asks: int = 0
 
     def seconds(self, sample_rate: int = SAMPLE_RATE) -> float:
         return self.sample / sample_rate
@@ -75,6 +97,9 @@ class EndpointerConfig:
     start_ms: int = 96
     end_silence_ms: int = 600
     min_speech_ms: int = 250
+    # With a ``turn_end`` hook: ask after this much pause, end anyway after ``patience_ms``.
+    ask_silence_ms: int = 200
+    patience_ms: int = 2000
 
     def negative(self) -> float:
         if self.neg_threshold is not None:
@@ -89,12 +114,15 @@ class Endpointer:
     Speech starts after ``start_ms`` of consecutive windows at or above ``threshold``. Inside
     speech a window below the negative threshold begins a pause (``silence_began``); a window
     at or above ``threshold`` cancels it (``speech_resumed``); windows in between neither start
-    nor cancel a pause. After ``end_silence_ms`` of pause the segment ends.
+    nor cancel a pause. After ``end_silence_ms`` of pause the segment ends; with a ``turn_end``
+    hook, the hook decides at ``ask_silence_ms`` and ``patience_ms`` is the longest pause instead.
+    The hook runs synchronously on the thread that calls :meth:`process` (an engine executor).
     """
 
     config: EndpointerConfig = field(default_factory=EndpointerConfig)
     sample_rate: int = SAMPLE_RATE
     window_samples: int = 512
+    turn_end: TurnEndHook | None = None
 
     def __post_init__(self) -> None:
         self.reset()
@@ -105,6 +133,8 @@ class Endpointer:
         self._run_start: int | None = None
         self._speech_start = 0
         self._silence_start: int | None = None
+        self._verdict: TurnCheck | None = None  # the hook's answer about the current pause
+        self._asks = 0  # pauses of this segment the hook judged incomplete
 
     @property
     def speech_start(self) -> int | None:
@@ -137,14 +167,37 @@ class Endpointer:
                 continue
             if p >= cfg.threshold and self._silence_start is not None:
                 self._silence_start = None
+                if self._verdict is not None:
+                    self._asks += 1
+                self._verdict = None
                 events.append(VADEvent("speech_resumed", pos, self._speech_start, None, now))
             elif p < neg and self._silence_start is None:
                 self._silence_start = pos
                 events.append(VADEvent("silence_began", pos, self._speech_start, None, now))
-            hangover = self._windows(cfg.end_silence_ms) * self.window_samples
-            if self._silence_start is not None and now - self._silence_start >= hangover:
-                events.append(self._close(self._silence_start, now))
+            if self._silence_start is not None:
+                closed = self._after_pause(self._silence_start, now)
+                if closed is not None:
+                    events.append(closed)
         return events
+
+    def _after_pause(self, pause: int, now: int) -> VADEvent | None:
+        """The segment's end, if the pause that began at ``pause`` ends it at ``now``."""
+        cfg = self.config
+        silent = now - pause
+        if self.turn_end is None:
+            if silent >= self._windows(cfg.end_silence_ms) * self.window_samples:
+                return self._close(pause, now, "silence")
+            return None
+        if self._verdict is None:
+            if silent < self._windows(cfg.ask_silence_ms) * self.window_samples:
+                return None
+            if pause - self._speech_start < cfg.min_speech_ms * self.sample_rate / 1000:
+                return self._close(pause, now, "too_short")  # a cough: nothing to ask
+            self._verdict = self.turn_end(self._speech_start, pause, now)
+            return self._close(pause, now, "complete") if self._verdict.complete else None
+        if silent >= self._windows(max(cfg.patience_ms, cfg.ask_silence_ms)) * self.window_samples:
+            return self._close(pause, now, "patience_expired")
+        return None
 
     def finish(self) -> list[VADEvent]:
         """End of stream (or a manual stop): close an open segment at the current position."""
@@ -153,25 +206,30 @@ class Endpointer:
             return []
         now = self.window_index * self.window_samples
         end = self._silence_start if self._silence_start is not None else now
-        return [self._close(end, now)]
+        return [self._close(end, now, "stream_end")]
 
-    def _close(self, end: int, now: int) -> VADEvent:
+    def _close(self, end: int, now: int, reason: EndReason) -> VADEvent:
         long_enough = end - self._speech_start >= self.config.min_speech_ms * self.sample_rate / 1000
         kind: EventKind = "speech_end" if long_enough else "speech_discarded"
-        event = VADEvent(kind, end, self._speech_start, end, now)
+        verdict = self._verdict if self._silence_start is not None else None
+        event = VADEvent(kind, end, self._speech_start, end, now, reason, verdict, self._asks)
         self.in_speech = False
         self._run_start = None
         self._silence_start = None
+        self._verdict = None
+        self._asks = 0
         return event
 
 
 class SpeechDetector:
     """A VAD stream and an endpointer together: audio in, events out. One per call leg."""
 
-    def __init__(self, model: VADModel, config: EndpointerConfig | None = None) -> None:
+    def __init__(
+        self, model: VADModel, config: EndpointerConfig | None = None, *, turn_end: TurnEndHook | None = None
+    ) -> None:
         self.stream = model.create_stream()
         self.endpointer = Endpointer(
-            config or EndpointerConfig(), model.sample_rate, model.window_samples
+            config or EndpointerConfig(), model.sample_rate, model.window_samples, turn_end
         )
         self.last_probs = np.zeros(0, dtype=np.float32)
 
