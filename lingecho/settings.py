@@ -335,6 +335,10 @@ TURN_ASK_SILENCE_MS = envint("TURN_ASK_SILENCE_MS", 200, minimum=32, maximum=200
 TURN_COMPLETE_THRESHOLD = envfloat("TURN_COMPLETE_THRESHOLD", 0.5, minimum=0.0)  # P(complete) that ends it
 TURN_PATIENCE_MS = envint("TURN_PATIENCE_MS", 2000, minimum=100, maximum=10000)  # longest pause inside a turn
 BARGE_IN_MIN_SPEECH_MS = envint("BARGE_IN_MIN_SPEECH_MS", 250, minimum=50)
+# Barge-in waits for ASR to confirm words that are not a backchannel ("yeah", "mm-hm", "嗯") unless off.
+BARGE_IN_CONFIRM_WORDS = envbool("BARGE_IN_CONFIRM_WORDS", True)
+# The trainee speaking again this soon after the buyer started is the same thought: the buyer yields.
+TURN_YIELD_GRACE_MS = envint("TURN_YIELD_GRACE_MS", 300, minimum=0, maximum=2000)
 INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
 # faster-whisper: decode utterances shorter than this on a mel window of this length instead of
 # Whisper's fixed 30 s (tiny.en: ~100 ms instead of ~350 ms per turn, same words); 30 = stock.

@@ -69,6 +69,10 @@ TURN_DECISIONS_TOTAL = Counter(
     "End-of-turn decisions: complete / incomplete at a pause, patience_expired when an incomplete pause ran out",
     ["decision"],
 )
+# One turn is one turn (media_pipeline.joining): replies withdrawn because the trainee went on within
+# the grace window, and backchannels heard while the buyer spoke (no turn, no interruption).
+TURN_YIELDS = Counter("lingecho_turn_yields_total", "Buyer replies withdrawn: the trainee went on within the grace")
+BACKCHANNELS = Counter("lingecho_backchannels_total", "Backchannels heard over the buyer (not turns, not barge-ins)")
 TURN_LATENCY_SECONDS = Histogram(
     "lingecho_turn_latency_seconds", "End of user speech to the first reply audio sent (end to end)",
     buckets=LATENCY_BUCKETS,
