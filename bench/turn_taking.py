@@ -1,0 +1,301 @@
+"""End-of-turn benchmark: does a pause end the trainee's turn when it should, and only then?
+
+Run: ``.venv/bin/python bench/turn_taking.py [--pauses 0.4,0.8,1.2] [--speeds 1.0,1.15] [--rows silence,smart]``
+
+A labelled set is built at run time with eSpeak NG, in English and Mandarin (no audio in the repo):
+
+- **cut** — a sentence spoken whole, then cut at a mid-clause word boundary with a 0.4–1.2 s pause
+  inserted before the rest (must NOT end in the pause). The cut is made in the whole sentence's
+  audio, so the first half keeps its mid-sentence intonation, as when a person pauses to think.
+- **trail** — the same, cut right after a filler or conjunction ("so, um", "and", "because",
+  "我觉得", "然后"…) (must NOT end in the pause).
+- **complete** — a whole sentence followed by 3 s of silence (must end; the delay is measured
+  from the last voiced sample to the decision, plus the model's inference time, which the
+  decision waits for in a live call).
+- **backchannel** — "yeah", "mm-hm", "嗯", "对"…: the words classifier (``is_backchannel``) on
+  their text and, for English, on what the ASR (tiny.en) hears in eSpeak's rendering.
+
+Every case runs through the real listening stage (real Silero VAD, real Smart Turn, 32 ms
+batches like WebRTC) offline, once per row:
+
+- ``silence``: today's behaviour, a fixed ``ENDPOINT_SILENCE_MS`` (400 ms) pause ends the turn;
+- ``smart``: Smart Turn asked at ``TURN_ASK_SILENCE_MS``, patience ``TURN_PATIENCE_MS``, audio only;
+- ``smart+words``: the same, told the words up to the pause (as when an interim or the speculative
+  final has landed by the ask point): the trailing-word cue on top of the model.
+
+Printed per row: false cut-off rate (cut + trail cases ended inside the pause), missed-end rate
+(complete sentences the detector called incomplete, ended only by the patience), end-of-turn
+delay p50/p95 after complete sentences, model inference p50/p95. eSpeak's speech is synthetic:
+its prosody is flatter than a person's and the model may judge it differently from real speech.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lingecho.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+import numpy as np  # noqa: E402
+from django.test import override_settings  # noqa: E402
+
+from media_pipeline.engine_pool import Engines  # noqa: E402
+from media_pipeline.engines import get_vad_model  # noqa: E402
+from media_pipeline.listening import Listening  # noqa: E402
+from media_pipeline.turns.smart_turn import SmartTurnDetector  # noqa: E402
+from media_pipeline.turns.words import is_backchannel  # noqa: E402
+from tests.audio_fixtures import silence, speak  # noqa: E402
+
+RATE = 16000
+BATCH = 512
+LEAD_MS = 500
+TAIL_MS = 3000
+VOICED = 0.01  # |sample| above this is voice (eSpeak's own silence is exact zeros)
+
+# (whole sentence, the words before a mid-clause cut)
+EN_CUT = [
+    ("I think we should meet on Tuesday to discuss the contract.", "I think we should meet on"),
+    ("Our software cuts invoice processing time in half.", "Our software cuts invoice"),
+    ("Most of our customers see a return within three months.", "Most of our customers see"),
+    ("Could you tell me who else is involved in the decision?", "Could you tell me who else"),
+    ("We can offer a fifteen percent discount for a two year deal.", "We can offer a fifteen percent"),
+    ("The pilot would start with your finance team next month.", "The pilot would start with"),
+    ("I understand that the budget is tight this quarter.", "I understand that the budget"),
+    ("Let me send you a short summary after this call.", "Let me send you a short"),
+]
+EN_TRAIL = [
+    ("We could start next month, and then expand to the other teams.", "We could start next month, and"),
+    ("The price is fair, but the contract is far too long.", "The price is fair, but"),
+    ("So, um, what does your process look like today?", "So, um"),
+    ("I called you because your team asked about automation.", "I called you because"),
+    ("It would be, like, a really big change for the team.", "It would be, like"),
+    ("We tried another tool, uh, last year.", "We tried another tool, uh"),
+]
+EN_COMPLETE = [s for s, _ in EN_CUT] + [
+    "What would it take to get a pilot started?",
+    "Thanks for your time today.",
+    "That sounds good to me.",
+    "We already have a vendor for that.",
+]
+ZH_CUT = [
+    ("我们下周二见面讨论一下合同吧。", "我们下周二"),
+    ("我们的软件可以把处理时间缩短一半。", "我们的软件可以"),
+    ("大部分客户三个月内就能收回成本。", "大部分客户"),
+    ("您能告诉我还有谁参与这个决定吗？", "您能告诉我"),
+    ("我们可以提供百分之十五的折扣。", "我们可以提供"),
+    ("试点项目下个月从财务部开始。", "试点项目下个月"),
+]
+ZH_TRAIL = [
+    ("我觉得，这个价格有点高。", "我觉得"),
+    ("因为我们的预算有限，所以要慢慢来。", "因为"),
+    ("然后我们再看看效果怎么样。", "然后"),
+    ("价格可以，但是合同期太长了。", "价格可以，但是"),
+    ("嗯，那个，我们再考虑一下。", "嗯，那个"),
+]
+ZH_COMPLETE = [s for s, _ in ZH_CUT] + ["谢谢您今天抽出时间。", "这个听起来不错。", "我们已经有供应商了。"]
+BACKCHANNELS = [("yeah", "en"), ("mm-hm", "en"), ("uh-huh", "en"), ("right", "en"), ("okay", "en"),
+                ("嗯", "zh"), ("对", "zh"), ("好的", "zh"), ("是的", "zh")]
+NOT_BACKCHANNELS = [("Yeah, but the price is too high.", "en"), ("Okay, send me the contract.", "en"),
+                    ("Right now we use spreadsheets.", "en"), ("对，但是价格太高了。", "zh"),
+                    ("好的，我们下周再谈。", "zh")]
+
+
+@dataclass
+class Case:
+    kind: str  # cut | trail | complete
+    language: str
+    text: str
+    audio: np.ndarray
+    pause: tuple[int, int] | None = None  # [start, end) of the inserted pause (stream samples)
+    speech_end: int = 0  # last voiced sample of a complete sentence (stream samples)
+    words: str = ""  # what was said before the pause (smart+words)
+
+
+@dataclass
+class Row:
+    name: str
+    false_cuts: int = 0
+    cut_cases: int = 0
+    missed: int = 0
+    complete_cases: int = 0
+    delays_ms: list[float] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def voiced_span(x: np.ndarray) -> tuple[int, int]:
+    idx = np.flatnonzero(np.abs(x) > VOICED)
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
+
+
+def cut_point(whole: np.ndarray, prefix: np.ndarray) -> int:
+    """Where the prefix ends inside the whole sentence: its own voiced length, moved to the quietest
+    10 ms nearby (a word boundary), so the cut falls between words with the sentence's own prosody."""
+    _, end = voiced_span(prefix)
+    first, _ = voiced_span(whole)
+    guess = first + end - voiced_span(prefix)[0]
+    frame = RATE // 100
+    lo, hi = max(frame, guess - RATE * 15 // 100), min(whole.size - frame, guess + RATE * 15 // 100)
+    energies = [(float(np.abs(whole[i : i + frame]).mean()), i) for i in range(lo, hi, frame // 2)]
+    return min(energies)[1] + frame // 2 if energies else guess
+
+
+def build(pauses: list[float], speeds: list[float]) -> list[Case]:
+    cases: list[Case] = []
+    n = 0
+    for speed in speeds:
+        for language, cuts, trails, completes in (("en", EN_CUT, EN_TRAIL, EN_COMPLETE),
+                                                  ("zh", ZH_CUT, ZH_TRAIL, ZH_COMPLETE)):
+            for kind, items in (("cut", cuts), ("trail", trails)):
+                for whole_text, prefix_text in items:
+                    whole = speak(whole_text, language=language, speed=speed)
+                    at = cut_point(whole, speak(prefix_text, language=language, speed=speed))
+                    pause_s = pauses[n % len(pauses)]
+                    n += 1
+                    gap = silence(int(pause_s * 1000))
+                    lead = silence(LEAD_MS)
+                    audio = np.concatenate([lead, whole[:at], gap, whole[at:], silence(TAIL_MS)])
+                    start = lead.size + at
+                    cases.append(Case(kind, language, f"{prefix_text} | ({pause_s:.1f}s)", audio,
+                                      (start, start + gap.size), words=prefix_text))
+            for text in completes:
+                spoken = speak(text, language=language, speed=speed)
+                lead = silence(LEAD_MS)
+                cases.append(Case("complete", language, text, np.concatenate([lead, spoken, silence(TAIL_MS)]),
+                                  speech_end=lead.size + voiced_span(spoken)[1], words=text))
+    return cases
+
+
+def run_case(listening: Listening, case: Case, *, with_words: bool) -> list:
+    events = []
+    for i in range(0, case.audio.size, BATCH):
+        batch = case.audio[i : i + BATCH]
+        if with_words and case.pause is not None and i >= case.pause[0]:
+            listening.hear_words(case.words, case.pause[0], case.language)
+        if with_words and case.kind == "complete" and i >= case.speech_end:
+            listening.hear_words(case.words, case.speech_end, case.language)
+        listening.append(batch)
+        events += listening.score(batch)
+        listening.trim(listening.detector.endpointer.speech_start)
+    return events + listening.finish()
+
+
+def run_row(name: str, engines: Engines, cases: list[Case]) -> Row:
+    row = Row(name)
+    with_words = name.endswith("+words")
+    for case in cases:
+        listening = Listening(engines, end_silence_ms=400)
+        events = run_case(listening, case, with_words=with_words)
+        ends = [e for e in events if e.kind == "speech_end"]
+        asked = [e.verdict for e in events if e.verdict is not None and e.verdict.inference_ms]
+        row.inference_ms += [v.inference_ms for v in asked]
+        if case.pause is not None:
+            row.cut_cases += 1
+            start, stop = case.pause
+            cut = [e for e in ends if start - BATCH <= e.end_sample <= stop + BATCH // 2]
+            if cut:
+                row.false_cuts += 1
+                row.failures.append(f"cut   {case.language} {case.text}: ended {cut[0].reason}")
+            continue
+        row.complete_cases += 1
+        end = next((e for e in ends if e.end_sample >= case.speech_end - RATE // 2), None)
+        if end is None:
+            row.missed += 1
+            row.failures.append(f"never {case.language} {case.text}")
+            continue
+        if end.reason != "complete":
+            row.missed += 1
+            p = getattr(end.verdict, "probability", None)
+            row.failures.append(f"late  {case.language} {case.text}: {end.reason} p={p}")
+        inference = end.verdict.inference_ms if end.verdict is not None else 0.0
+        row.delays_ms.append((end.detected_at - case.speech_end) * 1000 / RATE + inference)
+    return row
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(values, q))
+
+
+def backchannel_check() -> list[str]:
+    lines = []
+    right = 0
+    items = [(t, lang, True) for t, lang in BACKCHANNELS] + [(t, lang, False) for t, lang in NOT_BACKCHANNELS]
+    for text, lang, expected in items:
+        right += is_backchannel(text, lang) == expected
+    lines.append(f"backchannel classifier on text: {right}/{len(items)} right")
+    try:
+        from media_pipeline.engines import get_asr_engine
+
+        asr = get_asr_engine("faster_whisper")
+    except Exception as exc:  # noqa: BLE001 - the ASR half is a bonus
+        return [*lines, f"(ASR check skipped: {exc})"]
+    heard = []
+    for text, lang in [*BACKCHANNELS, *NOT_BACKCHANNELS]:
+        if lang != "en":
+            continue  # the offline model is tiny.en
+        said = asr.transcribe(np.concatenate([silence(300), speak(text), silence(300)]), language="en").text.strip()
+        heard.append(f"{text!r} -> {said!r}: {'backchannel' if is_backchannel(said, 'en') else 'words'}")
+    return [*lines, "English through tiny.en:", *("  " + h for h in heard)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pauses", default="0.4,0.6,0.8,1.0,1.2")
+    parser.add_argument("--speeds", default="1.0,1.15")
+    parser.add_argument("--rows", default="silence,smart,smart+words")
+    parser.add_argument("--ask-ms", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--patience-ms", type=int, default=None)
+    parser.add_argument("--failures", action="store_true", help="list every case that missed")
+    args = parser.parse_args()
+    from django.conf import settings
+
+    overrides = {k: v for k, v in (("TURN_ASK_SILENCE_MS", args.ask_ms), ("TURN_COMPLETE_THRESHOLD", args.threshold),
+                                   ("TURN_PATIENCE_MS", args.patience_ms)) if v is not None}
+    cases = build([float(p) for p in args.pauses.split(",")], [float(s) for s in args.speeds.split(",")])
+    vad = get_vad_model()
+    smart = SmartTurnDetector()
+    smart.predict(np.zeros(RATE, dtype=np.float32))
+    kinds = {k: sum(c.kind == k for c in cases) for k in ("cut", "trail", "complete")}
+    with override_settings(**overrides):
+        print(f"cases: {kinds} (en+zh, speeds {args.speeds}, pauses {args.pauses} s); "
+              f"ENDPOINT_SILENCE_MS=400, TURN_ASK_SILENCE_MS={settings.TURN_ASK_SILENCE_MS}, "
+              f"TURN_COMPLETE_THRESHOLD={settings.TURN_COMPLETE_THRESHOLD}, "
+              f"TURN_PATIENCE_MS={settings.TURN_PATIENCE_MS}")
+        print(f"{'row':<12} {'false cut-offs':>15} {'missed ends':>12} {'delay p50':>10} {'delay p95':>10} "
+              f"{'infer p50':>10} {'infer p95':>10}")
+        rows = []
+        for name in args.rows.split(","):
+            engines = Engines(asr=None, tts=None, vad=vad, asr_pool=None, vad_pool=None, tts_pool=None,  # type: ignore[arg-type]
+                              decode_pool=None, turn=None if name == "silence" else smart)  # type: ignore[arg-type]
+            row = run_row(name, engines, cases)
+            rows.append(row)
+            print(f"{row.name:<12} {row.false_cuts:>4}/{row.cut_cases:<3} "
+                  f"{100 * row.false_cuts / row.cut_cases:5.1f}% {100 * row.missed / row.complete_cases:10.1f}%"
+                  f" {pct(row.delays_ms, 50):8.0f}ms {pct(row.delays_ms, 95):8.0f}ms"
+                  f" {pct(row.inference_ms, 50):8.0f}ms {pct(row.inference_ms, 95):8.0f}ms")
+    if args.failures:
+        for row in rows:
+            for failure in row.failures:
+                print(f"  [{row.name}] {failure}")
+    for line in backchannel_check():
+        print(line)
+    if rows and rows[-1].delays_ms:
+        mean = statistics.mean(rows[-1].inference_ms or [0])
+        print(f"(delay = last voiced sample -> decision in stream time + the inference it waited for; "
+              f"{len(rows[-1].delays_ms)} complete sentences; {mean:.0f} ms mean inference)")
+
+
+if __name__ == "__main__":
+    main()
