@@ -114,6 +114,11 @@ class OutboundAudioTrack(MediaStreamTrack):
     def playing(self) -> str | None:
         return self._reply.reply_id if self._reply else None
 
+    @property
+    def first_frame_at(self) -> float | None:
+        """When the reply being played became audible (monotonic; None: not yet, or nothing playing)."""
+        return self._reply.first_frame_at if self._reply else None
+
     def begin(self, reply_id: str) -> asyncio.Future:
         """Start a reply; the returned future resolves to a :class:`PlayResult` when it ends."""
         if self._reply is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -31,6 +32,7 @@ from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines, engines_for_call, get_engines
 from media_pipeline.engines.tts.text import SentenceBuffer
 from media_pipeline.inbound import FinalResult, InboundAudio
+from media_pipeline.joining import OpenTurn, is_backchannel, trailing_cue
 from media_pipeline.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
 from media_pipeline.recording import CallRecorder
@@ -77,6 +79,11 @@ def load_call_info(session_id: str) -> CallInfo:
 @database_sync_to_async
 def _update_utterance(utterance_id: int, **fields: Any) -> None:
     services.utterance_update(utterance_id=utterance_id, **fields)
+
+
+@database_sync_to_async
+def _withdraw_reply(session_id: str, utterance_id: int) -> None:
+    services.utterance_withdraw(session_id=session_id, utterance_id=utterance_id)
 
 
 @database_sync_to_async
@@ -145,7 +152,15 @@ class CallSession:
         self.offer_id: Any = None  # the consumer's id of the offer this call answered last
         self.last_signal = time.monotonic()  # the last message from signaling (the idle reaper reads it)
         self.counted = False  # in the worker's ACTIVE_CALLS
-        self._turns: asyncio.Queue[FinalResult] = asyncio.Queue()
+        self._turns: asyncio.Queue[tuple[FinalResult, OpenTurn | None]] = asyncio.Queue()
+        # One turn is one turn (media_pipeline.joining): the turn the reply being spoken answers, and a
+        # turn whose reply yielded to the trainee, waiting for the rest of the thought.
+        self._answering: OpenTurn | None = None
+        self._open_turn: OpenTurn | None = None
+        self._yielded: set[str] = set()  # response ids withdrawn because the trainee went on
+        self._during_reply = ""  # result id of the trainee utterance that began while the buyer spoke
+        self._confirm: asyncio.Task | None = None
+        self._confirm_speech_ms = 0.0
         self._speaking: asyncio.Task | None = None
         self._current_turn: asyncio.Task | None = None
         self._speak_lock = asyncio.Lock()
@@ -337,20 +352,132 @@ class CallSession:
                                               "confidence": round(confidence, 3)}))
 
     def on_final(self, result: FinalResult) -> None:
-        self._spawn(self.emit("asr_result", {
-            "result_id": result.result_id, "text": result.text, "is_final": True,
-            "confidence": round(result.confidence, 3), "language": result.language,
-            "start_time": result.stream_start_ms, "end_time": result.stream_end_ms,
-        }))
+        during_reply = result.result_id == self._during_reply and self.outbound is not None
+        if result.text and during_reply and self._open_turn is None and is_backchannel(result.text, result.language):
+            # "mm-hm" while the buyer talks: shown and counted, but neither a turn nor an interruption.
+            metrics.BACKCHANNELS.inc()
+            self._spawn(self.emit("asr_result", {**self._final_data(result), "backchannel": True}))
+            return
+        continues, self._open_turn = self._open_turn, None
+        if continues is not None:
+            if not result.text:  # the trainee's "more" was nothing: answer what they said
+                self._release(continues, result)
+                return
+            joined = continues.joined(result.text, end_ms=result.end_ms, confidence=result.confidence,
+                                      language=result.language)
+            result = dataclasses.replace(
+                result, text=joined.text, result_id=joined.result_id, start_ms=joined.start_ms,
+                confidence=joined.confidence, stream_start_ms=continues.stream_start_ms)
+        if result.text and self.mode == "auto" and trailing_cue(result.text, result.language):
+            # "…and", "um", "因为": the thought goes on. Shown as an interim; the final waits for the rest
+            # (or for the patience to run out), so the turn gets one asr_result and one reply.
+            held = OpenTurn(result_id=result.result_id, text=result.text, start_ms=result.start_ms,
+                            end_ms=result.end_ms, confidence=result.confidence, language=result.language,
+                            utterance_id=continues.utterance_id if continues else None,
+                            stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms)
+            self._open_turn = held
+            self.on_interim(result.result_id, result.text, result.confidence)
+            self._spawn(self._answer_if_abandoned(held, settings.TURN_PATIENCE_MS / 1000))
+            return
+        self._spawn(self.emit("asr_result", self._final_data(result)))
         if result.text:
-            self._turns.put_nowait(result)
+            self._turns.put_nowait((result, continues))
+
+    def _release(self, turn: OpenTurn, latest: FinalResult) -> None:
+        """Answer an open turn as it stands (its final is sent now unless it was sent before the yield)."""
+        final = self._as_final(turn, latest)
+        if turn.utterance_id is None:
+            self._spawn(self.emit("asr_result", self._final_data(final)))
+        self._turns.put_nowait((final, turn))
+
+    @staticmethod
+    def _final_data(result: FinalResult) -> dict[str, Any]:
+        return {"result_id": result.result_id, "text": result.text, "is_final": True,
+                "confidence": round(result.confidence, 3), "language": result.language,
+                "start_time": result.stream_start_ms, "end_time": result.stream_end_ms}
+
+    @staticmethod
+    def _as_final(turn: OpenTurn, latest: FinalResult) -> FinalResult:
+        return dataclasses.replace(latest, text=turn.text, result_id=turn.result_id, start_ms=turn.start_ms,
+                                   end_ms=turn.end_ms, confidence=turn.confidence, language=turn.language,
+                                   stream_start_ms=turn.stream_start_ms, stream_end_ms=turn.stream_end_ms)
 
     def on_speech(self, speech_ms: float) -> None:
-        if self.outbound is None or self.outbound.playing is None or self._barge_in_at is not None:
+        """The trainee is speaking (``speech_ms`` so far) — maybe over the buyer.
+
+        Within the grace window of the buyer's first audible frame it is the same thought going on:
+        the buyer yields. Later, sustained speech stops the buyer once ASR confirms words that are
+        not a backchannel (``BARGE_IN_CONFIRM_WORDS``), else as soon as it lasts
+        ``BARGE_IN_MIN_SPEECH_MS``.
+        """
+        track = self.outbound
+        if track is None or track.playing is None or self._barge_in_at is not None:
             return
-        if speech_ms >= settings.BARGE_IN_MIN_SPEECH_MS:
-            self._barge_in_at = time.monotonic()
+        now = time.monotonic()
+        if self.inbound is not None and self._during_reply != self.inbound.result_id:
+            self._during_reply, self._confirm_speech_ms = self.inbound.result_id, 0.0
+        answering = self._answering
+        if answering is not None and answering.response_id not in self._yielded:
+            onset = now - speech_ms / 1000
+            started = track.first_frame_at
+            if started is None or onset - started <= settings.TURN_YIELD_GRACE_MS / 1000:
+                self._yield(answering, now)
+                return
+        if speech_ms < settings.BARGE_IN_MIN_SPEECH_MS:
+            return
+        if not settings.BARGE_IN_CONFIRM_WORDS:
+            self._barge_in(now)
+        elif (self._confirm is None or self._confirm.done()) and (
+                not self._confirm_speech_ms or speech_ms - self._confirm_speech_ms >= settings.BARGE_IN_MIN_SPEECH_MS):
+            self._confirm_speech_ms = speech_ms
+            self._confirm = self._spawn(self._confirm_words())
+
+    def _barge_in(self, at: float) -> None:
+        self._barge_in_at = at
+        if self.outbound is not None:
             self.outbound.flush()  # resolves the reply's future: the speaker reports interrupted
+
+    def _yield(self, answering: OpenTurn, at: float) -> None:
+        """The trainee went on within the grace window: withdraw the reply, keep the turn open."""
+        self._yielded.add(answering.response_id)
+        self._open_turn = answering
+        metrics.TURN_YIELDS.inc()
+        self._barge_in(at)
+        self._spawn(self._answer_if_abandoned(answering, (settings.TURN_PATIENCE_MS + 1000) / 1000))
+
+    async def _answer_if_abandoned(self, turn: OpenTurn, wait: float) -> None:
+        """Nothing more came (a yield for a cough, a held "and…" then silence): answer the open turn
+        once the trainee has been quiet for ``wait`` seconds."""
+        quiet_since = time.monotonic()
+        while self._open_turn is turn and not self.closed:
+            await asyncio.sleep(0.1)
+            inbound = self.inbound
+            if inbound is not None and (inbound.detector.in_speech or inbound.utt_start is not None):
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= wait and self._open_turn is turn:
+                self._open_turn = None
+                now = time.monotonic()
+                self._release(turn, FinalResult(
+                    text=turn.text, confidence=turn.confidence, language=turn.language, start_ms=turn.start_ms,
+                    end_ms=turn.end_ms, result_id=turn.result_id, stream_start_ms=turn.stream_start_ms,
+                    stream_end_ms=turn.stream_end_ms, interim_count=0, last_voiced_at=now, decided_at=now,
+                    ready_at=now))
+
+    async def _confirm_words(self) -> None:
+        """Decode what the trainee has said over the buyer so far; real words (not "yeah") stop the buyer."""
+        inbound = self.inbound
+        if inbound is None or inbound.utt_start is None:
+            return
+        audio = inbound.listening.utterance_audio(inbound.utt_start, inbound.total)
+        try:
+            transcript = await inbound.listening.transcribe(audio, language=inbound.language)
+            words = transcript.text.strip()
+        except Exception:  # noqa: BLE001 - no ASR to ask: sustained speech is reason enough
+            words = "?"
+        if not words or is_backchannel(words, inbound.language):
+            return
+        if self.outbound is not None and self.outbound.playing is not None and self._barge_in_at is None:
+            self._barge_in(time.monotonic())
 
     def on_error(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         self._spawn(self.error(code, message, details))
@@ -359,10 +486,10 @@ class CallSession:
 
     async def _run_turns(self) -> None:
         while not self.closed:
-            result = await self._turns.get()
+            result, continues = await self._turns.get()
             try:
                 # Its own task, so close() can let it persist what was said before stopping it.
-                self._current_turn = asyncio.get_running_loop().create_task(self._turn(result))
+                self._current_turn = asyncio.get_running_loop().create_task(self._turn(result, continues))
                 await self._current_turn
             except asyncio.CancelledError:
                 raise
@@ -373,20 +500,29 @@ class CallSession:
                 await self.error(ErrorCode.ASR_FAILED, "The turn could not be completed.",
                                  {"result_id": result.result_id})
 
-    async def _turn(self, result: FinalResult) -> None:
+    async def _turn(self, result: FinalResult, continues: OpenTurn | None = None) -> None:
         latency: dict[str, float | None] = {
             "endpointing_ms": round(result.endpointing_ms, 1),
             "asr_final_ms": round(result.asr_final_ms, 1),
         }
         metrics.ENDPOINTING_DELAY_SECONDS.observe(result.endpointing_ms / 1000)
         metrics.ASR_FINAL_LATENCY_SECONDS.labels(engine=self.engines.asr.name).observe(result.asr_final_ms / 1000)
-        trainee = await conversation.record_trainee_turn(
-            session_id=self.session_id, text=result.text, source=Utterance.Source.VOICE,
-            start_ms=result.start_ms, end_ms=result.end_ms, confidence=result.confidence,
-            interim_count=result.interim_count, latency=latency,
-        )
+        if continues is not None and continues.utterance_id is not None:
+            # The rest of a thought the buyer yielded to: the same utterance, the same turn count.
+            trainee_id = continues.utterance_id
+            await _update_utterance(trainee_id, text=result.text, end_ms=result.end_ms)
+        else:
+            trainee_id = (await conversation.record_trainee_turn(
+                session_id=self.session_id, text=result.text, source=Utterance.Source.VOICE,
+                start_ms=result.start_ms, end_ms=result.end_ms, confidence=result.confidence,
+                interim_count=result.interim_count, latency=latency,
+            )).pk
         reply = await conversation.begin_buyer_reply(self.session_id)
         response_id = f"resp_{uuid.uuid4().hex[:12]}"
+        self._answering = OpenTurn(
+            result_id=result.result_id, text=result.text, start_ms=result.start_ms, end_ms=result.end_ms,
+            confidence=result.confidence, utterance_id=trainee_id, language=result.language,
+            stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms, response_id=response_id)
         early: list[asyncio.Task] = []
 
         async def persist_text(text: str) -> None:
@@ -404,7 +540,13 @@ class CallSession:
             language=self.info.language if self.info else "en",
             text_response={"message_id": result.result_id, "response_id": response_id}, on_text=persist_text,
         )
+        self._answering = None
         utterance = await _settled(early[0]) if early else None
+        if response_id in self._yielded:
+            self._yielded.discard(response_id)
+            if utterance is not None:  # never heard: not part of the conversation
+                await _withdraw_reply(self.session_id, utterance.pk)
+            return
         if spoken is None:
             return
         played, tts_first_ms = spoken.played, spoken.tts_first_ms
@@ -419,7 +561,7 @@ class CallSession:
             metrics.TTS_FIRST_AUDIO_SECONDS.labels(engine=self.engines.tts.name).observe(tts_first_ms / 1000)
         self.last_turn_latency = dict(latency)
         measured = {k: v for k, v in latency.items() if v is not None}
-        await _update_utterance(trainee.pk, **measured)
+        await _update_utterance(trainee_id, **measured)
         if utterance is not None:
             await _update_utterance(utterance.pk, **_playback_facts(spoken), **measured)
         else:
@@ -476,8 +618,10 @@ class CallSession:
                 await producer
             if result.interrupted and self._barge_in_at is not None:
                 self.barge_in_stop_ms = (time.monotonic() - self._barge_in_at) * 1000
-            await self.emit("tts_complete", {"request_id": request_id, "duration_ms": result.duration_ms,
-                                             "interrupted": result.interrupted})
+            complete = {"request_id": request_id, "duration_ms": result.duration_ms, "interrupted": result.interrupted}
+            if request_id in self._yielded:  # the trainee went on: this reply (and its text) is withdrawn
+                complete["withdrawn"] = True
+            await self.emit("tts_complete", complete)
             start_ms, end_ms = self._played_span(result, stopped_at)
             return Spoken(result, first_audio[0] if first_audio else None, start_ms, end_ms)
 

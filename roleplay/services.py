@@ -203,6 +203,15 @@ def utterance_update(*, utterance_id: int, **fields: object) -> None:
     Utterance.objects.filter(pk=utterance_id).update(**fields)
 
 
+def utterance_withdraw(*, session_id: str, utterance_id: int) -> None:
+    """A buyer reply that yielded to the trainee before it was heard is not part of the conversation.
+
+    Only a buyer utterance is ever removed (a trainee's words are never lost this way); its ``seq``
+    stays a gap, which orders the transcript exactly as before.
+    """
+    Utterance.objects.filter(pk=utterance_id, session_id=session_id, speaker=Utterance.Speaker.BUYER).delete()
+
+
 def comment_create(*, author: User, session: RealtimeSession, offset_ms: int, text: str) -> ReviewComment:
     if not (author.is_admin_role or author.is_manager_role):
         raise PermissionDenied("Only managers can comment on sessions.")

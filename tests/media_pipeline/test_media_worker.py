@@ -195,6 +195,7 @@ async def test_it_persists_only_the_played_part_of_an_interrupted_reply(media_wo
         await speak_turn(client, contract_peer, "Hi, this is Sam from Acme. Do you have a minute?", 8000)
         await contract_peer.expect("tts_start", timeout=10)
         response = await contract_peer.expect("text_response", timeout=10)
+        await asyncio.sleep(0.6)  # past the grace window: an interruption, not the same thought going on
         client.track.play(speak("Wait, one more thing about the price of the product.", rate=8000))
         client.track.play(silence(1200, 8000))
         complete = await contract_peer.expect("tts_complete", timeout=15)
