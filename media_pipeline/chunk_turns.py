@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.utils import timezone
@@ -44,6 +45,7 @@ from media_pipeline import audio as audio_utils
 from media_pipeline.contract import ErrorCode, now_ms
 from media_pipeline.engine_pool import call_engines, get_engines, start_warm_up
 from media_pipeline.executor import EngineBusy
+from media_pipeline.joining import OpenTurn, trailing_cue
 from media_pipeline.listening import Listening, Segment, heard
 from media_pipeline.recording import CallRecorder
 from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
@@ -182,6 +184,10 @@ class ChunkTurns:
         self.turn_latencies_ms: list[float] = []
         self._trainee_end_ms = 0
         self._reports: set[asyncio.Task] = set()
+        # A thought held open (it ended on "and", "um"…, or the trainee was already speaking again):
+        # the next utterance joins it, or it is answered when the patience runs out.
+        self._held: OpenTurn | None = None
+        self._release: asyncio.TimerHandle | None = None
 
     def bind(self, emit: Emit, request_close: CloseRequest) -> None:
         self._emit, self._request_close = emit, request_close
@@ -256,6 +262,12 @@ class ChunkTurns:
                 await worker
         with contextlib.suppress(Exception):
             await self.engines.decode_pool.run(self.stream.finish)
+        held, self._held = self._held, None
+        if held is not None:  # a thought held open when the call ended is still part of the transcript
+            with contextlib.suppress(DomainError):
+                await conversation.record_trainee_turn(
+                    session_id=self.session_id, text=held.text, source=Utterance.Source.VOICE,
+                    start_ms=held.start_ms, end_ms=held.end_ms, confidence=held.confidence)
         # Stored before the end: the after-call job the end dispatches then finds the whole recording
         # (rather than waiting for this writer, see roleplay.recording_segments).
         await self._save_recording()
@@ -287,7 +299,9 @@ class ChunkTurns:
             if self.ended:
                 continue
             try:
-                if kind == "opening":
+                if kind == "release":
+                    await self._answer_held(payload)
+                elif kind == "opening":
                     await self._reply(trigger=None)
                 elif kind == "text":
                     await conversation.record_trainee_turn(
@@ -316,28 +330,69 @@ class ChunkTurns:
         asr_ms = (time.perf_counter() - asr_started) * 1000
         logger.info("chunk turn heard", extra={"session_id": self.session_id, "queued_ms": round(queued_ms),
                                                "asr_ms": round(asr_ms), "seconds": round(segment.audio.size / RATE, 2)})
-        if transcript.is_empty:
-            return
         said = heard(transcript, language=self.info.language, start_ms=self.stream.ms_at(segment.start_sample),
                      end_ms=self.stream.ms_at(segment.end_sample))
+        held, self._held = self._held, None
+        if self._release is not None:
+            self._release.cancel()
+        if not said.text:
+            if held is not None:  # the "more" was nothing after all: answer what was said
+                await self._answer(held, asr_ms=asr_ms, trigger=segment)
+            return
+        turn = OpenTurn(result_id="", text=said.text, start_ms=said.start_ms, end_ms=said.end_ms,
+                        confidence=said.confidence, language=said.language)
+        if held is not None:
+            turn = held.joined(said.text, end_ms=said.end_ms, confidence=said.confidence, language=said.language)
+        if self._unfinished(turn):
+            self._hold(turn)
+            return
+        await self._answer(turn, asr_ms=asr_ms, trigger=segment)
+
+    def _unfinished(self, turn: OpenTurn) -> bool:
+        """The buyer never starts over an unfinished thought: one that ends on "and"/"um"/"因为", or
+        whose speaker is already talking again (a later utterance is being heard or is queued)."""
+        queued = list(self._jobs._queue)  # noqa: SLF001 - asyncio.Queue has no public peek
+        going_on = self.stream.in_speech or any(kind == "turn" for kind, _ in queued)
+        return going_on or bool(trailing_cue(turn.text, turn.language))
+
+    def _hold(self, turn: OpenTurn) -> None:
+        self._held = turn
+        loop = asyncio.get_running_loop()
+        self._release = loop.call_later(settings.TURN_PATIENCE_MS / 1000, self._release_held, turn)
+
+    def _release_held(self, turn: OpenTurn) -> None:
+        """The patience ran out with nothing more said: answer the held thought as it stands."""
+        if self._held is turn and not self.stream.in_speech:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._jobs.put_nowait(("release", turn))
+        elif self._held is turn:  # still talking: look again after another patience
+            self._hold(turn)
+
+    async def _answer_held(self, turn: OpenTurn) -> None:
+        if self._held is turn:
+            self._held = None
+            await self._answer(turn, asr_ms=None, trigger=None)
+
+    async def _answer(self, turn: OpenTurn, *, asr_ms: float | None, trigger: Segment | None) -> None:
+        """One turn, however many utterances it took: one transcription, one utterance, one reply."""
         await self.emit("transcription", {
-            "text": said.text,
+            "text": turn.text,
             "timestamp": now_ms(),
-            "confidence": round(said.confidence, 3),
-            "startMs": said.start_ms,
-            "endMs": said.end_ms,
+            "confidence": round(turn.confidence, 3),
+            "startMs": turn.start_ms,
+            "endMs": turn.end_ms,
         })
-        self._trainee_end_ms = max(self._trainee_end_ms, said.end_ms)
+        self._trainee_end_ms = max(self._trainee_end_ms, turn.end_ms)
         await conversation.record_trainee_turn(
             session_id=self.session_id,
-            text=said.text,
+            text=turn.text,
             source=Utterance.Source.VOICE,
-            start_ms=said.start_ms,
-            end_ms=said.end_ms,
-            confidence=said.confidence,
-            latency={"asr_final_ms": asr_ms},
+            start_ms=turn.start_ms,
+            end_ms=turn.end_ms,
+            confidence=turn.confidence,
+            latency={"asr_final_ms": asr_ms} if asr_ms is not None else None,
         )
-        await self._reply(trigger=segment)
+        await self._reply(trigger=trigger)
 
     async def _reply(self, *, trigger: Segment | None) -> None:
         reply = await conversation.begin_buyer_reply(self.session_id)

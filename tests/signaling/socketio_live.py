@@ -1,9 +1,11 @@
 """Helpers for the chunk-fallback tests and bench: a live daphne server on a temp SQLite database,
-and MediaRecorder-like WebM/Opus pieces made from test speech. Plain functions and one class.
-"""
+a python-socketio client that queues what it receives, and MediaRecorder-like WebM/Opus pieces
+made from test speech."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import sqlite3
 import subprocess
@@ -11,10 +13,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
 import numpy as np
+import socketio
 
 from media_pipeline.audio import resample
 from tests.live_server import free_port, isolated_env, server_command
@@ -171,3 +175,65 @@ def media_recorder_pieces(samples: np.ndarray, rate: int = 16000, *, piece_ms: i
             next_ms = (ms // piece_ms + 1) * piece_ms
     cuts.append(len(data))
     return [data[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+class Client:
+    """A python-socketio AsyncClient that queues every event it receives."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue()
+        self.seen: list[tuple[str, Any]] = []
+        self.connect_errors: list[Any] = []
+
+        @self.sio.event
+        async def connect_error(data: Any = None) -> None:
+            self.connect_errors.append(data)
+
+        @self.sio.on("*")
+        async def _any(event: str, data: Any = None) -> None:
+            self.seen.append((event, data))
+            await self.events.put((event, data, time.monotonic()))
+
+    async def connect(self, *, token: str | None = None, headers: dict[str, str] | None = None) -> Client:
+        await self.sio.connect(
+            self.server.url, transports=["websocket"], auth={"token": token} if token else None,
+            headers=headers or {}, wait_timeout=10,
+        )
+        return self
+
+    async def wait(self, name: str, timeout: float = 20.0) -> tuple[Any, float]:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name!r} within {timeout}s; seen {[e for e, _ in self.seen]}")
+            try:
+                event, data, at = await asyncio.wait_for(self.events.get(), remaining)
+            except TimeoutError:
+                continue
+            if event == name:
+                return data, at
+
+    async def start(self, scenario_id: int | None = None, *, session_id: str | None = None,
+                    audio_config: dict | None = None) -> dict:
+        payload: dict[str, Any] = {"sessionId": session_id, "scenarioId": scenario_id}
+        if audio_config:
+            payload["audioConfig"] = audio_config
+        await self.sio.emit("start-session", payload)
+        started, _ = await self.wait("session-started")
+        return started
+
+    async def send(self, session_id: str, pieces: list[bytes], *, first: int = 0, pace: float = 0.0) -> None:
+        for i, piece in enumerate(pieces, start=first):
+            await self.sio.emit("audio-chunk", {
+                "sessionId": session_id, "audioData": base64.b64encode(piece).decode(),
+                "offset": i, "totalChunks": i + 1,
+            })
+            if pace:
+                await asyncio.sleep(pace)
+
+    async def close(self) -> None:
+        if self.sio.connected:
+            await self.sio.disconnect()

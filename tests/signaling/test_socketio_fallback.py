@@ -23,7 +23,7 @@ from media_pipeline.webm_stream import AudioDecodeError, PCM16Stream, WebMOpusSt
 from signaling.chunk_sessions import ChunkLimits, ChunkRefused, SessionManager
 from signaling.socketio_wire import Ack, Connect, Event, Pong, SocketIOWire, WireError
 from tests.audio_fixtures import silence, speak, speak_pcm16
-from tests.signaling.socketio_live import LiveServer, media_recorder_pieces, webm_opus
+from tests.signaling.socketio_live import Client, LiveServer, media_recorder_pieces, webm_opus
 
 SENTENCE = "Hello Margaret, how much time does your finance team spend on invoices every month?"
 
@@ -357,68 +357,6 @@ def test_it_refuses_formats_it_does_not_know():
 # live server, python-socketio client
 # ================================================================================================
 
-class Client:
-    """A python-socketio AsyncClient that queues every event it receives."""
-
-    def __init__(self, server: LiveServer) -> None:
-        self.server = server
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.events: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue()
-        self.seen: list[tuple[str, Any]] = []
-        self.connect_errors: list[Any] = []
-
-        @self.sio.event
-        async def connect_error(data: Any = None) -> None:
-            self.connect_errors.append(data)
-
-        @self.sio.on("*")
-        async def _any(event: str, data: Any = None) -> None:
-            self.seen.append((event, data))
-            await self.events.put((event, data, time.monotonic()))
-
-    async def connect(self, *, token: str | None = None, headers: dict[str, str] | None = None) -> Client:
-        await self.sio.connect(
-            self.server.url, transports=["websocket"], auth={"token": token} if token else None,
-            headers=headers or {}, wait_timeout=10,
-        )
-        return self
-
-    async def wait(self, name: str, timeout: float = 20.0) -> tuple[Any, float]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {name!r} within {timeout}s; seen {[e for e, _ in self.seen]}")
-            try:
-                event, data, at = await asyncio.wait_for(self.events.get(), remaining)
-            except TimeoutError:
-                continue
-            if event == name:
-                return data, at
-
-    async def start(self, scenario_id: int | None = None, *, session_id: str | None = None,
-                    audio_config: dict | None = None) -> dict:
-        payload: dict[str, Any] = {"sessionId": session_id, "scenarioId": scenario_id}
-        if audio_config:
-            payload["audioConfig"] = audio_config
-        await self.sio.emit("start-session", payload)
-        started, _ = await self.wait("session-started")
-        return started
-
-    async def send(self, session_id: str, pieces: list[bytes], *, first: int = 0, pace: float = 0.0) -> None:
-        for i, piece in enumerate(pieces, start=first):
-            await self.sio.emit("audio-chunk", {
-                "sessionId": session_id, "audioData": base64.b64encode(piece).decode(),
-                "offset": i, "totalChunks": i + 1,
-            })
-            if pace:
-                await asyncio.sleep(pace)
-
-    async def close(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
-
-
 @pytest.fixture(scope="module")
 def server():
     live = LiveServer(MAX_LIVE_SESSIONS_PER_USER="50").start()
@@ -751,3 +689,24 @@ async def test_it_pings_and_keeps_a_ponging_client_but_drops_a_silent_one(quick_
             while True:  # never pong
                 await asyncio.wait_for(ws.recv(), 5)
         assert time.monotonic() - started < 3
+
+
+@pytest.mark.slow
+async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(server, client):
+    """Natural turn-taking on the chunk path: "…about [0.8 s] the invoices…" is one transcription,
+    one trainee utterance, one turn and one reply (the held thought is joined, not answered)."""
+    started = await client.start(server.scenario_id())
+    sid = started["sessionId"]
+    await client.wait("avatar-response")  # the opening line
+    audio = np.concatenate([speak("I wanted to ask you about"), silence(800),
+                            speak("the invoices your team handles every month."), silence(1500)])
+    await client.send(sid, media_recorder_pieces(audio), pace=0.25)  # in real time, as a recorder would
+    heard, _ = await client.wait("transcription", timeout=30)
+    assert heard_all(heard["text"], "want", "month"), heard
+    reply, _ = await client.wait("ai-response", timeout=30)
+    assert reply["turnCount"] == 1
+    await asyncio.sleep(2.0)
+    assert [e for e, _ in client.seen].count("transcription") == 1, client.seen
+    await client.sio.call("end-session", {"sessionId": sid}, timeout=20)
+    trainee = server.query("SELECT text FROM roleplay_utterance WHERE session_id = ? AND speaker = 'trainee'", sid)
+    assert len(trainee) == 1 and heard_all(trainee[0][0], "want", "month"), trainee
