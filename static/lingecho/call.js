@@ -147,15 +147,41 @@ function showInterim(text) {
   else call.interim.querySelector(".text").textContent = text;
 }
 
-function showFinal(text) {
+function showFinal(text, resultId = "") {
+  const earlier = resultId && call.finals?.get(resultId);
+  if (earlier) {  // the same turn, continued after the buyer yielded: one line, one turn
+    earlier.querySelector(".text").textContent = text;
+    call.interim?.remove();
+    call.interim = null;
+    return;
+  }
+  let li = null;
   if (call.interim) {
-    call.interim.classList.remove("interim");
-    call.interim.querySelector(".text").textContent = text;
+    li = call.interim;
+    li.classList.remove("interim");
+    li.querySelector(".text").textContent = text;
     call.interim = null;
   } else if (text) {
-    line("trainee", text);
+    li = line("trainee", text);
   }
+  if (li && resultId) (call.finals ??= new Map()).set(resultId, li);
   if (text) setTurns(call.turns + 1);
+}
+
+function showReply(text, responseId = "") {
+  const li = line("buyer", text);
+  if (responseId) (call.replies ??= new Map()).set(responseId, li);
+}
+
+function withdrawReply(responseId) {
+  call.replies?.get(responseId)?.remove();
+  call.replies?.delete(responseId);
+}
+
+function showBackchannel(text) {
+  call.interim?.remove();
+  call.interim = null;
+  if (text) line("trainee", text).classList.add("backchannel");
 }
 
 function setTurns(n, max = cfg.maxTurns) {
@@ -226,8 +252,10 @@ function wire(client) {
     ui.mute.disabled = ui.end.disabled = ui.typedText.disabled = ui.typedSend.disabled = false;
   });
   client.addEventListener("interim", (e) => showInterim(e.detail.text));
-  client.addEventListener("final", (e) => showFinal(e.detail.text));
-  client.addEventListener("reply", (e) => line("buyer", e.detail.text));
+  client.addEventListener("final", (e) => showFinal(e.detail.text, e.detail.resultId));
+  client.addEventListener("reply", (e) => showReply(e.detail.text, e.detail.responseId));
+  client.addEventListener("withdrawn", (e) => withdrawReply(e.detail.responseId));
+  client.addEventListener("backchannel", (e) => showBackchannel(e.detail.text));
   client.addEventListener("turns", (e) => setTurns(e.detail.turnCount, e.detail.maxTurns || cfg.maxTurns));
   client.addEventListener("remote-stream", (e) => {
     ui.audio.srcObject = e.detail.stream;

@@ -84,13 +84,19 @@ export class LingEchoClient extends EventTarget {
       case "ready": return this._onServerReady();
       case "asr_interim": return this._emit("interim", { resultId: data.result_id, text: data.text || "" });
       case "asr_result":
+        // A backchannel ("mm-hm") over the buyer is shown but takes no turn; a result_id seen before
+        // is the same turn continued (the buyer yielded), so the page replaces that line.
+        if (data.backchannel) return this._emit("backchannel", { resultId: data.result_id, text: data.text || "" });
         this._setState("thinking");
         return this._emit("final", { resultId: data.result_id, text: data.text || "" });
       case "text_response":
         if (this.state !== "buyer") this._setState("thinking");
         return this._emit("reply", { text: data.text || "", responseId: data.response_id });
       case "tts_start": return this._setState("buyer");
-      case "tts_complete": return this._setState("listening");
+      case "tts_complete":
+        // withdrawn: the trainee went on right after the buyer started; that reply is not part of the call.
+        if (data.withdrawn) this._emit("withdrawn", { responseId: data.request_id });
+        return this._setState("listening");
       case "ping": return this._send("pong", { server_time: Date.now() });
       case "pong": return undefined;
       case "disconnect": return this._onServerDisconnect(data);
