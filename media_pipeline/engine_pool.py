@@ -8,8 +8,9 @@ own lock anyway); ``decode`` (``CHUNK_DECODE_WORKERS`` threads) decodes and VAD-
 chunk path's flushes. A WebRTC call and a chunked session in the same process therefore share one
 model and queue on the same executors, so a final is served in order of end of speech whatever
 the transport. The end-of-turn model (Smart Turn, ``media_pipeline.turns``) is one more
-process-wide model with no executor of its own: listening asks it from inside VAD scoring, so it
-runs on the VAD executor (WebRTC) or the decode executor (chunks). ``turn`` is None when
+process-wide model: listening starts it on ``turn_pool`` (one thread) when a pause begins and
+collects the answer from inside VAD scoring at the ask point, or asks it there directly, on the
+VAD executor (WebRTC) or the decode executor (chunks); never on a loop. ``turn`` is None when
 ``TURN_DETECTOR`` resolves to the fixed-silence rule.
 
 Each call or session then gets its own :class:`Engines` view (:func:`call_engines`): the same
@@ -60,6 +61,7 @@ class Engines:
     tts_pool: BoundedExecutor
     decode_pool: BoundedExecutor  # the chunk path's decode + VAD of one flush
     turn: Any = None  # the end-of-turn detector (media_pipeline.turns), None = fixed silence
+    turn_pool: BoundedExecutor | None = None  # its early starts, at the beginning of a pause
 
     def asr_idle(self) -> bool:
         """True when an interim decode would not delay anything (a free ASR thread, no queue)."""
@@ -103,6 +105,8 @@ def get_engines() -> Engines:
                     max_queue=settings.ENGINE_QUEUE_DEPTH * 4, block=True, timeout=timeout,
                 ),
                 turn=load_turn_detector(),
+                # Never queue behind a backlog: a job that cannot start now is asked at the ask point.
+                turn_pool=BoundedExecutor("turn", max_workers=1, max_queue=2, block=False),
             )
         return _engines
 

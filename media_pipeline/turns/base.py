@@ -21,6 +21,8 @@ class Verdict:
     """One answer: ``complete`` and the probability behind it (1.0/0.0 for a rule), and its cost.
 
     ``cue`` names the trailing words that kept the turn open (``words.trailing_cue``), if any.
+    ``started_at``: the stream sample at which the inference began (listening sets it; an early
+    start, at the beginning of the pause, is how the answer is ready by the ask point).
     """
 
     complete: bool
@@ -28,6 +30,7 @@ class Verdict:
     inference_ms: float
     detector: str
     cue: str = ""
+    started_at: int = -1
 
 
 class TurnDetector(Protocol):

@@ -39,10 +39,18 @@ class TurnPolicy:
     def needs_audio(self) -> bool:
         return bool(getattr(self.detector, "needs_audio", True))
 
-    def decide(self, audio: np.ndarray, *, text: str = "", language: str = "en") -> Verdict:
-        """The verdict on a turn whose audio (pause included) is ``audio`` and latest words ``text``."""
+    def decide(
+        self, audio: np.ndarray | None, *, text: str = "", language: str = "en", early: Verdict | None = None
+    ) -> Verdict:
+        """The verdict on a turn whose audio (pause included) is ``audio`` and latest words ``text``.
+
+        ``early``: the detector's answer already computed for this pause (then ``audio`` is unused).
+        """
         cue = trailing_cue(text, language) if text else ""
         if cue:
             return Verdict(complete=False, probability=0.0, inference_ms=0.0, detector="words", cue=cue)
-        verdict = self.detector.predict(audio, text=text, language=language)
+        verdict = early
+        if verdict is None:
+            verdict = self.detector.predict(np.zeros(0, dtype=np.float32) if audio is None else audio,
+                                            text=text, language=language)
         return replace(verdict, complete=verdict.probability >= self.threshold)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from media_pipeline.executor import BoundedExecutor
 from media_pipeline.listening import TURN_PRESPEECH_SAMPLES, Listening
 from media_pipeline.turns import load_turn_detector, smart_turn
 from media_pipeline.turns.base import Verdict
@@ -140,6 +141,33 @@ def test_a_scenario_may_be_more_patient(turn_settings):
     ears = Listening(pool, vad_threshold=0.5, end_silence_ms=400, max_utterance_ms=30000, patience_ms=1536)
     (end,) = ends(run(ears, windows(20), windows(40, SPEECH), windows(60)))
     assert end.detected_at - end.sample == 48 * WINDOW
+
+
+def test_the_model_is_started_early_when_a_pause_begins(turn_settings):
+    detector = ScriptedDetector(0.9)
+    pool = engines(EchoASR())
+    pool.turn = detector
+    pool.turn_pool = BoundedExecutor("turn", max_workers=1, max_queue=2, block=False)
+    ears = Listening(pool, vad_threshold=0.5, end_silence_ms=400, max_utterance_ms=30000)
+    (end,) = ends(run(ears, windows(20), windows(40, SPEECH), windows(60)))
+    assert (ears.early_started, ears.early_used) == (1, 1)
+    assert end.verdict.started_at == 62 * WINDOW, "started two windows into the pause, not at the ask point"
+    assert end.detected_at - end.sample == 6 * WINDOW
+    (heard,) = detector.heard
+    assert heard.size == TURN_PRESPEECH_SAMPLES + 46 * WINDOW, "the pause filled out to the ask point"
+
+
+def test_an_early_start_that_speech_interrupts_is_not_used(turn_settings):
+    detector = ScriptedDetector(0.9, 0.1, 0.95)
+    pool = engines(EchoASR())
+    pool.turn = detector
+    pool.turn_pool = BoundedExecutor("turn", max_workers=1, max_queue=2, block=False)
+    ears = Listening(pool, vad_threshold=0.5, end_silence_ms=400, max_utterance_ms=30000)
+    events = run(ears, windows(20), windows(30, SPEECH), windows(3), windows(10, SPEECH), windows(60))
+    (end,) = ends(events)
+    assert (end.start_sample, end.end_sample) == (20 * WINDOW, 63 * WINDOW), "a 96 ms gap is not an end"
+    assert (ears.early_started, ears.early_used) == (2, 1)
+    assert Listening.decision(end).probability == 0.1, "the answer about the last pause, not the gap's"
 
 
 # --- the model ---------------------------------------------------------------------------------

@@ -141,6 +141,25 @@ class Endpointer:
         """Where the open segment began (stream samples), or None between segments."""
         return self._speech_start if self.in_speech else None
 
+    @property
+    def pause_start(self) -> int | None:
+        """Where the open segment's current pause began, or None while speaking / between segments."""
+        return self._silence_start if self.in_speech else None
+
+    @property
+    def asked(self) -> bool:
+        """The ``turn_end`` hook has already judged the current pause."""
+        return self._verdict is not None
+
+    @property
+    def position(self) -> int:
+        """Stream samples scored so far (whole windows)."""
+        return self.window_index * self.window_samples
+
+    def ask_samples(self) -> int:
+        """How far into a pause the hook is asked (whole windows)."""
+        return self._windows(self.config.ask_silence_ms) * self.window_samples
+
     def _windows(self, ms: int) -> int:
         return max(1, int(np.ceil(ms * self.sample_rate / 1000 / self.window_samples)))
 
@@ -189,7 +208,7 @@ class Endpointer:
                 return self._close(pause, now, "silence")
             return None
         if self._verdict is None:
-            if silent < self._windows(cfg.ask_silence_ms) * self.window_samples:
+            if silent < self.ask_samples():
                 return None
             if pause - self._speech_start < cfg.min_speech_ms * self.sample_rate / 1000:
                 return self._close(pause, now, "too_short")  # a cough: nothing to ask
