@@ -81,7 +81,7 @@ class ScenarioAdmin(admin.ModelAdmin):
             },
         ),
         ("Trainee goals and closing rules", {"fields": ("goals", "buying_signals", "next_step_conditions")}),
-        ("Limits", {"fields": (("max_turns", "time_limit_seconds"),)}),
+        ("Limits", {"fields": (("max_turns", "time_limit_seconds"), "turn_patience_ms")}),
         ("Engines (optional overrides)", {"fields": (("asr_engine", "tts_engine", "brain_engine"),)}),
     )
 

@@ -10,6 +10,7 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -96,6 +97,11 @@ class Scenario(models.Model):
     brain_engine = models.CharField(max_length=40, blank=True, help_text="Override the buyer brain; empty = settings.")
     max_turns = models.PositiveIntegerField(default=12)
     time_limit_seconds = models.PositiveIntegerField(default=900)
+    turn_patience_ms = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(300), MaxValueValidator(10000)],
+        help_text="Longest pause inside a trainee's turn before it ends anyway (ms); empty = TURN_PATIENCE_MS. "
+                  "Longer for a pitch rehearsal, shorter for a brisk cold call.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
