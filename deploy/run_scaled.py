@@ -40,6 +40,7 @@ NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "local.conf.template"
 S3_BUCKET = "lingecho-local"
 S3_KEY = "lingecho-local"  # moto accepts any key pair; these only have to agree between processes
 SERVER_NAMES = ("web1", "web2")
+STORES = ("s3",)  # stopped after every other process of the Procfile
 # honcho gives a process this long after SIGTERM before SIGKILL: more than the drain below.
 DRAIN_SECONDS = 10
 KILL_WAIT_SECONDS = DRAIN_SECONDS + 5
@@ -201,14 +202,38 @@ def supervise(env: dict[str, str]) -> int:
     from honcho.environ import parse_procfile
 
     class KeepServing(honcho.manager.Manager):
-        """honcho's Manager, except that only a signal to the runner stops every process.
+        """honcho's Manager, except that only a signal to the runner stops every process, stores last.
 
         Its loop stops all when ``_any_stopped()``; counting a stop only once we are terminating
-        keeps the rest up when one process dies (and then, as before, SIGKILLs stragglers).
+        keeps the rest up when one process dies (and then, as before, SIGKILLs stragglers after
+        KILL_WAIT). On a stop the stores (S3) get SIGTERM only once every other process has ended:
+        servers and media workers store recordings while they drain.
         """
 
+        stores_told = False
+
+        def _killall(self, force: bool = False) -> None:
+            if force:
+                super()._killall(force=True)
+                return
+            for name, process in self._processes.items():
+                if "returncode" not in process and name not in STORES:
+                    self._system_print(f"sending SIGTERM to {name} (pid {process['pid']})\n")
+                    self._procmgr.terminate(process["pid"])
+
         def _any_stopped(self) -> bool:
-            return self._terminating and super()._any_stopped()
+            if not self._terminating:
+                return False
+            if not self.stores_told and all(
+                "returncode" in process for name, process in self._processes.items() if name not in STORES
+            ):
+                self.stores_told = True
+                for name in STORES:
+                    process = self._processes.get(name, {})
+                    if process.get("pid") and "returncode" not in process:
+                        self._system_print(f"sending SIGTERM to {name} (pid {process['pid']})\n")
+                        self._procmgr.terminate(process["pid"])
+            return super()._any_stopped()
 
     honcho.manager.KILL_WAIT = KILL_WAIT_SECONDS
     manager = KeepServing()
