@@ -7,6 +7,14 @@ buffer stall). If the event loop stalls for longer than ``REPACE_AFTER_S`` the s
 re-anchored instead of bursting the backlog out. A flush (barge-in) drops the queued audio
 between two frames: the RTP timestamps keep counting up, so the client hears silence from the
 next frame on, within 20 ms plus its jitter buffer.
+
+The track hands aiortc encoded packets, not raw frames. Given a raw frame, aiortc's sender
+Opus-encodes it on a thread pool (a thread hop per 20 ms frame per call) even when it is
+silence, which is most of a call: the buyer listens more than it speaks. Given an ``av.Packet``
+it only wraps the payload in RTP. So silence goes out as one payload encoded once per process
+(no encoder, no thread), and only reply audio (plus ``TAIL_FRAMES`` of zeros after it, so the
+encoder's look-ahead drains and its state ends in silence, as the listener's decoder does) is
+encoded, off the loop, by this track's own encoder.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
+from av import AudioFrame, CodecContext
+from av.packet import Packet
 
 from media_pipeline import metrics
 from media_pipeline.audio import Resampler, float32_to_pcm16
@@ -28,10 +37,64 @@ from roleplay.audio_format import SAMPLE_RATE
 
 FRAME_MS = 20
 REPACE_AFTER_S = 0.1
+TAIL_FRAMES = 3  # zero frames still encoded after reply audio: drains Opus' 6.5 ms look-ahead
+OPUS_BIT_RATE = 48_000  # mono speech; aiortc's own encoder sends 96 kbit/s stereo of a mono voice
 
 # Process-wide outbound pacing record (all calls), read by the worker's stats and the benches.
 SEND_INTERVALS: collections.deque[float] = collections.deque(maxlen=200_000)
 UNDERRUNS = 0
+
+
+class FrameEncoder:
+    """One call's outbound encoder (Opus at 48 kHz, PCMA at 8 kHz): 20 ms of int16 mono → payload.
+
+    Stateful (Opus predicts from the frames before), so one per track, used by one thread at a
+    time (the track awaits each frame before the next).
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * FRAME_MS // 1000
+        self._time_base = fractions.Fraction(1, sample_rate)
+        if sample_rate == 48000:
+            self.codec = CodecContext.create("libopus", "w")
+            self.codec.bit_rate = OPUS_BIT_RATE
+            self.codec.options = {"application": "voip"}
+        elif sample_rate == 8000:
+            self.codec = CodecContext.create("pcm_alaw", "w")
+        else:
+            raise ValueError(f"no outbound codec at {sample_rate} Hz")
+        self.codec.format = "s16"
+        self.codec.layout = "mono"
+        self.codec.sample_rate = sample_rate
+        self.codec.time_base = self._time_base
+        self._pts = 0
+
+    def encode(self, samples: np.ndarray) -> bytes:
+        """Encode one frame (blocking: call it off the event loop)."""
+        frame = AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
+        frame.planes[0].update(samples.tobytes())
+        frame.sample_rate = self.sample_rate
+        frame.time_base = self._time_base
+        frame.pts = self._pts
+        self._pts += self.frame_samples
+        packets = self.codec.encode(frame)
+        return b"".join(bytes(p) for p in packets)
+
+
+_SILENCE: dict[int, bytes] = {}
+
+
+def silence_payload(sample_rate: int) -> bytes:
+    """The payload of 20 ms of digital silence at this codec rate, encoded once per process."""
+    if sample_rate not in _SILENCE:
+        encoder = FrameEncoder(sample_rate)
+        zeros = np.zeros(encoder.frame_samples, dtype=np.int16)
+        payload = b""
+        for _ in range(5):  # past the encoder's start-up: a steady-state silent frame
+            payload = encoder.encode(zeros) or payload
+        _SILENCE[sample_rate] = payload
+    return _SILENCE[sample_rate]
 
 
 @dataclass
@@ -98,6 +161,9 @@ class OutboundAudioTrack(MediaStreamTrack):
         self.last_send_at: float | None = None
         self.intervals: collections.deque[float] = collections.deque(maxlen=keep_intervals)
         self.on_first_frame: Callable[[str, float], None] | None = None
+        self._encoder: FrameEncoder | None = None
+        self._silent_payload = b""
+        self._tail = 0  # zero frames still to encode after reply audio
 
     def configure(self, sample_rate: int) -> None:
         """Set the codec's rate once negotiation has picked it (before the first ``recv``)."""
@@ -220,7 +286,22 @@ class OutboundAudioTrack(MediaStreamTrack):
             if seg.played >= seg.total:
                 reply.finished.append(reply.segments.popleft())
 
-    async def recv(self) -> AudioFrame:
+    async def _payload(self, samples: np.ndarray, voiced: bool) -> bytes:
+        """The frame's encoded payload: the shared silence, or this track's encoder off the loop."""
+        loop = asyncio.get_running_loop()
+        if self._encoder is None or self._encoder.sample_rate != self.sample_rate:
+            rate = self.sample_rate
+            self._silent_payload = await loop.run_in_executor(None, silence_payload, rate)
+            self._encoder = FrameEncoder(rate)
+        if voiced:
+            self._tail = TAIL_FRAMES
+        elif self._tail:
+            self._tail -= 1
+        else:
+            return self._silent_payload
+        return await loop.run_in_executor(None, self._encoder.encode, samples)
+
+    async def recv(self) -> Packet:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -250,14 +331,12 @@ class OutboundAudioTrack(MediaStreamTrack):
                 self._record(self._to_16k.process(samples), sent_at)
             if reply.closed and reply.buffered == 0:
                 self._complete(interrupted=False)
-        frame = AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
-        frame.planes[0].update(samples.tobytes())
-        frame.pts = self._pts
-        frame.sample_rate = self.sample_rate
-        frame.time_base = self._time_base
+        packet = Packet(await self._payload(samples, voiced))
+        packet.pts = self._pts
+        packet.time_base = self._time_base
         self._pts += self.frame_samples
         self.frames_sent += 1
-        return frame
+        return packet
 
 
 def pacing_stats() -> dict[str, float]:
