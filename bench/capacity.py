@@ -1,0 +1,249 @@
+"""Capacity: how many simultaneous practice calls one server carries, and what each call costs.
+
+For each N in ``--calls`` a fresh server is started the way ``make run`` starts it
+(``lingecho.server``, embedded media worker, its own SQLite file; tests/media_pipeline/live.py),
+and N real aiortc callers on this same machine connect through /ws/voice/. Each caller behaves
+like a trainee: it speaks an eSpeak NG phrase, stays silent while the buyer answers, listens to
+the whole reply, pauses, and speaks again, ``--turns`` times. Calls arrive spread over
+``--ramp`` seconds. Printed per N:
+
+- turn latency p50/p95, client-measured: the caller's last voiced frame sent → first audible reply
+  frame heard (so both aiortc jitter buffers are included, as a real trainee hears it);
+- unanswered turns: no reply (``tts_complete``) within ``--reply-timeout`` seconds, or no
+  audible reply;
+- refused calls: the server answered the offer with an error (admission control, ``retry_after``);
+- server CPU per call: utime+stime of the server process (/proc/<pid>/stat) over the talking
+  window, in % of one core, divided by the calls that were let in;
+- RSS per call: (peak RSS during the window − RSS of the idle warm server) / calls let in, and the
+  peak itself.
+
+The callers' own CPU (aiortc, Opus, eSpeak) shares the two cores with the server: that is the
+"callers included" condition of the capacity target, not an accident. They run in
+``--client-procs`` processes (default 2), so that one client process's event loop and GIL are not
+what limits a dozen callers.
+
+Options:
+  --calls 1,4,10,12,20   the N to run, in order (each on a fresh server)
+  --turns 3              turns per caller (keep short: each N costs ~20–60 s plus server start)
+  --codec opus|pcma      the callers' codec (default opus, as a browser)
+  --ramp 3               seconds over which the N calls arrive
+  --listen 0             seconds each caller first stays connected and silent (listening) before
+                         its turns; ``--turns 0 --listen 20`` measures what idle calls cost
+  --reply-timeout 20     seconds a turn waits for its reply before it counts as unanswered
+  --server-env K=V       extra environment for the server (repeatable), e.g.
+                         ``--server-env ENDPOINT_SILENCE_MS=300 --server-env MAX_CALLS_PER_WORKER=0``
+  --client-procs 2       processes the callers are spread over
+  --json FILE            also write the rows as JSON (for A/B comparisons)
+
+Run: ``.venv/bin/python bench/capacity.py --calls 1,4,10,12,20 --turns 3``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lingecho.settings")
+
+from _voice import PHRASES, pct  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (children not included: the server does its work in threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+
+
+async def caller(stack: Any, scenario: int, args: argparse.Namespace, rng: random.Random,
+                 out: dict[str, Any]) -> None:
+    from tests.audio_fixtures import silence, speak
+    from tests.media_pipeline.live import WsPeer, ws_connect_media
+    from tests.media_pipeline.voice_client import VoiceClient
+
+    codec, reply_timeout = args.codec, args.reply_timeout
+    await asyncio.sleep(rng.uniform(0, args.ramp))
+    peer = await WsPeer(stack, scenario).start()
+    client = VoiceClient(codec)
+    try:
+        try:
+            await ws_connect_media(peer, client)
+        except TimeoutError:
+            errors = peer.of_type("error")
+            if errors:
+                out["refused"].append(errors[0]["data"])
+                return
+            raise
+        out["admitted"] += 1
+        await peer.send("asr_start", {"language": "en-US", "format": codec, "sample_rate": client.track.rate,
+                                      "mode": "auto"})
+        rate = client.track.rate
+        await asyncio.sleep(args.listen)
+        for _ in range(args.turns):
+            client.track.play(speak(rng.choice(PHRASES), rate=rate))
+            client.track.play(silence(800, rate))
+            try:
+                await asyncio.wait_for(client.track.done.wait(), 30)
+                await peer.expect("tts_complete", timeout=reply_timeout)
+            except TimeoutError:
+                out["unanswered"] += 1
+                continue
+            voiced = client.track.last_voiced_at
+            heard = client.sound_since(voiced) if voiced else None
+            if heard is None:
+                out["unanswered"] += 1
+            else:
+                out["latency"].append((heard - voiced) * 1000)
+            await asyncio.sleep(rng.uniform(0.5, 1.5))  # the trainee thinks before answering
+    except Exception as exc:  # noqa: BLE001 - count and report, keep the other calls going
+        out["errors"].append(repr(exc))
+    finally:
+        await peer.close()
+        await client.close()
+
+
+async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]) -> dict[str, Any]:
+    from tests.media_pipeline.live import LiveStack
+
+    tmp = Path(tempfile.mkdtemp(prefix="lingecho-capacity-"))
+    stack = LiveStack(tmp)
+    stack.env.update({"MAX_LIVE_SESSIONS_PER_USER": "1000", **server_env})
+    await asyncio.to_thread(stack.start)
+    try:
+        pid = stack.procs["daphne"].pid
+        scenario = await asyncio.to_thread(stack.scenario_id)
+        idle_rss = rss_mb(pid)
+        out: dict[str, Any] = {"latency": [], "unanswered": 0, "errors": [], "refused": [], "admitted": 0}
+        peak = [idle_rss]
+
+        async def sample_rss() -> None:
+            while True:
+                peak[0] = max(peak[0], rss_mb(pid))
+                await asyncio.sleep(0.5)
+
+        sampler = asyncio.ensure_future(sample_rss())
+        procs = max(1, min(args.client_procs, calls))
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        parts = await asyncio.gather(*(client_process(stack, scenario, args, calls * (k + 1) // procs
+                                                      - calls * k // procs, seed=calls * 100 + k)
+                                       for k in range(procs)))
+        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        for part in parts:
+            for key in ("latency", "errors", "refused"):
+                out[key] += part[key]
+            out["unanswered"] += part["unanswered"]
+            out["admitted"] += part["admitted"]
+        sampler.cancel()
+    finally:
+        await asyncio.to_thread(stack.stop)
+    admitted = max(1, out["admitted"])
+    lat = out["latency"]
+    return {
+        "calls": calls,
+        "admitted": out["admitted"],
+        "refused": len(out["refused"]),
+        "refusal": out["refused"][0] if out["refused"] else None,
+        "turns": len(lat),
+        "p50": pct(lat, 50) if lat else None,
+        "p95": pct(lat, 95) if lat else None,
+        "unanswered": out["unanswered"],
+        "errors": out["errors"][:3],
+        "cpu_total_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
+        "cpu_per_call_pct": (cpu1 - cpu0) / (t1 - t0) * 100 / admitted,
+        "rss_peak_mb": peak[0],
+        "rss_per_call_mb": (peak[0] - idle_rss) / admitted,
+        "seconds": t1 - t0,
+    }
+
+
+async def client_process(stack: Any, scenario: int, args: argparse.Namespace, count: int, *, seed: int) -> dict:
+    """Run ``count`` callers in a child process (this script with ``--callers``); their results as a dict."""
+    argv = [sys.executable, __file__, "--callers", json.dumps({"port": stack.port, "token": stack.token,
+                                                               "scenario": scenario, "count": count, "seed": seed}),
+            "--turns", str(args.turns), "--codec", args.codec, "--ramp", str(args.ramp),
+            "--listen", str(args.listen), "--reply-timeout", str(args.reply_timeout)]
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await proc.communicate()
+    lines = stdout.decode().strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"latency": [], "errors": [f"client process exited {proc.returncode}"], "refused": [],
+                "unanswered": 0, "admitted": 0}
+    return json.loads(lines[-1])
+
+
+async def run_callers(spec: dict[str, Any], args: argparse.Namespace) -> None:
+    """Child side of :func:`client_process`: run the callers, print the results as one JSON line."""
+    from types import SimpleNamespace
+
+    stack = SimpleNamespace(port=spec["port"], token=spec["token"])
+    out: dict[str, Any] = {"latency": [], "unanswered": 0, "errors": [], "refused": [], "admitted": 0}
+    rng = random.Random(spec["seed"])
+    await asyncio.gather(*(caller(stack, spec["scenario"], args, random.Random(rng.random()), out)
+                           for _ in range(spec["count"])))
+    print(json.dumps(out), flush=True)
+
+
+def fmt(value: float | None, spec: str = ".0f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+async def run(args: argparse.Namespace) -> None:
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    server_env.setdefault("ENDPOINT_SILENCE_MS", "300")
+    print(f"capacity bench: codec {args.codec}, {args.turns} turns per caller, server env {server_env}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print("| calls | let in / refused | turns | turn p50 / p95 (ms) | unanswered | server CPU total / per call "
+          "(% of one core) | RSS peak / per call (MB) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for calls in args.calls:
+        row = await one_n(calls, args, server_env)
+        rows.append(row)
+        print(f"| {calls} | {row['admitted']} / {row['refused']} | {row['turns']} | {fmt(row['p50'])} / "
+              f"{fmt(row['p95'])} | {row['unanswered']} | {row['cpu_total_pct']:.0f} / {row['cpu_per_call_pct']:.1f} | "
+              f"{row['rss_peak_mb']:.0f} / {row['rss_per_call_mb']:.1f} |", flush=True)
+        for err in row["errors"]:
+            print("  error:", err)
+        if row["refusal"]:
+            print("  refusal:", row["refusal"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 10, 12, 20])
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--codec", choices=("opus", "pcma"), default="opus")
+    parser.add_argument("--ramp", type=float, default=3.0)
+    parser.add_argument("--listen", type=float, default=0.0)
+    parser.add_argument("--reply-timeout", type=float, default=20.0)
+    parser.add_argument("--server-env", action="append", default=[])
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--json")
+    parser.add_argument("--callers", help=argparse.SUPPRESS)  # internal: run callers in this process
+    args = parser.parse_args()
+    if args.callers:
+        asyncio.run(run_callers(json.loads(args.callers), args))
+    else:
+        asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
