@@ -316,6 +316,11 @@ TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
 BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
 ENGINE_WORKERS = envint("ENGINE_WORKERS", 2, minimum=1)
 ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
+# Admission control: a media worker holding this many calls refuses the next offer (or, scaled,
+# passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the
+# calls in progress keep their latency. 0 = no limit. Default from bench/capacity.py (docs/performance.md).
+MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 12, minimum=0, maximum=10_000)
+CAPACITY_RETRY_AFTER_SECONDS = envint("CAPACITY_RETRY_AFTER_SECONDS", 30, minimum=1, maximum=3600)
 # lingecho.server moves long-lived objects out of full GC passes this often (0 = off) and runs one
 # full collection (a pause of ~0.1 s per 1,000 open sockets) this often (lingecho.gc_pauses).
 GC_FREEZE_SECONDS = envfloat("GC_FREEZE_SECONDS", 30.0, minimum=0.0)
@@ -340,6 +345,9 @@ BARGE_IN_CONFIRM_WORDS = envbool("BARGE_IN_CONFIRM_WORDS", True)
 # The trainee speaking again this soon after the buyer started is the same thought: the buyer yields.
 TURN_YIELD_GRACE_MS = envint("TURN_YIELD_GRACE_MS", 300, minimum=0, maximum=2000)
 INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
+# Interim decodes per second for the whole process (all calls share it; finals are never counted):
+# one call keeps its INTERIM_INTERVAL_MS interims, many calls get fewer each. 0 = no budget.
+INTERIM_BUDGET_PER_SECOND = envfloat("INTERIM_BUDGET_PER_SECOND", 2.0, minimum=0.0)
 # faster-whisper: decode utterances shorter than this on a mel window of this length instead of
 # Whisper's fixed 30 s (tiny.en: ~100 ms instead of ~350 ms per turn, same words); 30 = stock.
 ASR_WINDOW_SECONDS = envfloat("ASR_WINDOW_SECONDS", 10.0, minimum=2.0)

@@ -252,6 +252,35 @@ class BoundedExecutor:
         self.shutdown()
 
 
+class RateBudget:
+    """A token bucket for optional work shared by every call of a process (used from one event loop).
+
+    Interim transcripts are the example: each is a whole ASR decode (the short-window encoder
+    costs about the same for 0.5 s of speech as for 3 s), and they are a nicety, not the turn. One
+    call spends its interims as before; many calls share the same budget, so each gets fewer and
+    the machine's CPU goes to finals. ``per_second`` <= 0 means no budget (always allowed).
+    """
+
+    def __init__(self, per_second: float, *, burst: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self.burst = max(1.0, burst)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def try_take(self) -> bool:
+        """Spend one unit if the budget has it now."""
+        if self.per_second <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -281,4 +310,4 @@ def start_loop_lag_monitor(*, interval: float = 0.1, loop_name: str = "main") ->
     )
 
 
-__all__ = ["BoundedExecutor", "EngineBusy", "monitor_event_loop_lag", "start_loop_lag_monitor"]
+__all__ = ["BoundedExecutor", "EngineBusy", "RateBudget", "monitor_event_loop_lag", "start_loop_lag_monitor"]

@@ -28,11 +28,12 @@ from typing import Any, Protocol
 import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
+from media_pipeline import metrics
 from media_pipeline.audio import Resampler, downmix
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.vad.base import VADEvent
-from media_pipeline.executor import EngineBusy
+from media_pipeline.executor import EngineBusy, RateBudget
 from media_pipeline.listening import Heard, Listening, heard
 from media_pipeline.turns import TurnDecision
 from roleplay.audio_format import SAMPLE_RATE as RATE
@@ -42,6 +43,17 @@ log = logging.getLogger(__name__)
 VAD_BATCH_SAMPLES = 512  # one Silero window: a 32 ms hop; endpointing waits for the batch, so keep it small
 STALL_SECONDS = 0.8  # no frame for this long mid-utterance: the track stopped, close the turn
 NO_AUDIO_ERROR_SECONDS = 5.0
+_interim_budget: RateBudget | None = None
+
+
+def interim_budget() -> RateBudget:
+    """The process's interim budget (INTERIM_BUDGET_PER_SECOND), shared by every call on this loop."""
+    global _interim_budget
+    if _interim_budget is None:
+        from django.conf import settings
+
+        _interim_budget = RateBudget(settings.INTERIM_BUDGET_PER_SECOND, burst=2.0)
+    return _interim_budget
 
 
 @dataclass(frozen=True)
@@ -341,8 +353,14 @@ class InboundAudio:
             return  # never two interims at once for a call
         if self._final is not None:
             return  # a pause has begun: the speculative final decode is the next partial result
-        if self._interims_started and not self.engines.asr_idle():
-            return  # finals first: after the first, interims only use idle ASR threads
+        if self._interims_started and not (self.engines.asr_idle() and interim_budget().try_take()):
+            # Finals first: after the first, interims only on idle ASR threads and within the process's
+            # budget. Skipped, not retried every batch: the next try is one interval later.
+            self._last_interim_at = pos
+            metrics.INTERIMS_SKIPPED_TOTAL.inc()
+            return
+        if not self._interims_started:
+            interim_budget().try_take()  # the first of a turn always runs, but counts
         self._interims_started += 1
         self._last_interim_at = pos
         self._interim_task = self._spawn(self._interim(self.result_id, self.utt_start, pos))

@@ -84,3 +84,12 @@ OUTBOUND_UNDERRUNS_TOTAL = Counter(
 )
 ACTIVE_CALLS = Gauge("lingecho_active_calls", "Calls with a live media pipeline in this process")
 PEER_CONNECTIONS = Gauge("lingecho_peer_connections", "aiortc peer connections of this process not yet closed")
+CALLS_REFUSED_TOTAL = Counter(
+    "lingecho_calls_refused_total", "Offers refused at capacity (MAX_CALLS_PER_WORKER; all lines busy)"
+)
+CALLS_PASSED_ON_TOTAL = Counter(
+    "lingecho_calls_passed_on_total", "Offers a full worker passed to a worker with room"
+)
+INTERIMS_SKIPPED_TOTAL = Counter(
+    "lingecho_interims_skipped_total", "Interim decodes skipped: ASR busy or interim budget spent"
+)

@@ -13,6 +13,12 @@ runs, a beat is only published while the loop keeps ticking, so a wedged loop st
 Calls never leak: a call that signaling gives up is hung up even before it is pinned (through the
 ``MEDIA_WORKERS_GROUP`` group, see ``media_pipeline.contract``), and an idle reaper closes a call no
 signaling message (consumers send a keepalive while pinned) touched for ``MEDIA_IDLE_REAP_SECONDS``.
+Admission: a worker holding ``MAX_CALLS_PER_WORKER`` live calls does not take another offer. It
+passes the offer to the pinned channel of the live worker whose heartbeat (published at once when
+a call starts or ends) shows the fewest calls below the limit (at most ``MAX_OFFER_HOPS`` times,
+counted in the message, in case that one filled up meanwhile), and otherwise refuses it with
+``ERR_RATE_LIMIT`` {reason "capacity", retry_after ms}: a clear "all lines busy" instead of every
+call in progress slowing down together (bench/capacity.py measured where that starts).
 ``drain`` is the graceful end: no new offers, every call's client told (``disconnect`` with the
 reason), every call closed with its recording stored, the heartbeat withdrawn, within a deadline.
 
@@ -54,6 +60,9 @@ TOMBSTONE_SECONDS = 120.0
 MAX_TOMBSTONES = 10_000
 # Group memberships expire in the channel layers (a day by default): renewed well before.
 GROUP_REFRESH_SECONDS = 600.0
+# An offer no worker has room for is passed on at most this many times before it is refused.
+MAX_OFFER_HOPS = 8
+CAPACITY_HOPS_KEY = "capacity_hops"
 
 
 def stats_key(worker_id: str) -> str:
@@ -276,6 +285,9 @@ class MediaWorker:
                 return
             if self._buried(message):
                 return  # signaling gave this offer up before any worker took it
+            if self.full():
+                await self._offer_elsewhere(message)
+                return
             call = CallSession(
                 session_id=session_id, layer=self.layer, worker_channel=self.channel,
                 reply_channel=message.get("reply_channel", ""),
@@ -284,7 +296,59 @@ class MediaWorker:
             self.sessions[session_id] = call
             call.counted = True
             metrics.ACTIVE_CALLS.inc()
+            self._publish_soon()
         call.submit(message)
+
+    # --- admission ----------------------------------------------------------------------------------
+    def live_calls(self) -> int:
+        return sum(1 for call in self.sessions.values() if not call.closed)
+
+    def full(self) -> bool:
+        """At ``MAX_CALLS_PER_WORKER`` live calls (0: no limit): a new offer would slow every call down."""
+        limit = settings.MAX_CALLS_PER_WORKER
+        return limit > 0 and self.live_calls() >= limit
+
+    async def _offer_elsewhere(self, message: dict[str, Any]) -> None:
+        """Pass a new offer to the least busy worker with room, or refuse it: all lines busy, try later."""
+        hops = int(message.get(CAPACITY_HOPS_KEY) or 0)
+        target = await self._worker_with_room() if hops < MAX_OFFER_HOPS else None
+        if target is not None:
+            try:
+                await self.layer.send(target, {**message, CAPACITY_HOPS_KEY: hops + 1})
+            except Exception:  # noqa: BLE001 - its channel is full or gone: refuse below
+                log.warning("offer not passed on", extra={"session_id": message.get("session_id")})
+            else:
+                metrics.CALLS_PASSED_ON_TOTAL.inc()
+                return
+        metrics.CALLS_REFUSED_TOTAL.inc()
+        retry_after_s = settings.CAPACITY_RETRY_AFTER_SECONDS
+        log.warning("offer refused: all lines busy", extra={"session_id": message.get("session_id"),
+                                                             "worker_id": self.worker_id, "calls": self.live_calls()})
+        reply = message.get("reply_channel")
+        if reply:
+            with contextlib.suppress(Exception):
+                await self.layer.send(reply, event("error", {
+                    "code": ErrorCode.RATE_LIMIT,
+                    "message": f"All lines are busy. Try again in {retry_after_s} s.",
+                    "details": {"reason": "capacity", "retry_after": retry_after_s * 1000},
+                }, session_id=message.get("session_id", "")))
+
+    async def _worker_with_room(self) -> str | None:
+        """The pinned channel of the live worker with the fewest calls below the limit, other than this one."""
+        try:
+            beats = await asyncio.to_thread(heartbeat.live_workers)
+        except Exception:  # noqa: BLE001 - no cache, no knowledge of the others: refuse rather than guess
+            return None
+        limit = settings.MAX_CALLS_PER_WORKER
+        room = [(beat.get("calls", limit), beat.get("channel")) for worker_id, beat in beats.items()
+                if worker_id != self.worker_id and beat.get("channel") and beat.get("calls", limit) < limit]
+        return min(room)[1] if room else None
+
+    def _publish_soon(self) -> None:
+        """Publish the heartbeat now (off the loop: a cache write) so the others see the new call count."""
+        if self.loop is not None and not self.draining:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: the beat thread carries on
+                self.loop.run_in_executor(None, self.publish)
 
     def _forget(self, call: CallSession) -> None:
         if self.sessions.get(call.session_id) is call:
@@ -292,6 +356,7 @@ class MediaWorker:
         if call.counted:
             call.counted = False
             metrics.ACTIVE_CALLS.dec()
+            self._publish_soon()
 
     # --- offers given up before they were taken ---------------------------------------------------
     @staticmethod

@@ -362,7 +362,10 @@ class VoiceConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
             await self._send_raw(
                 error_envelope(self.session_id, data.get("code", ""), data.get("message", ""), data.get("details"))
             )
-            if data.get("code") == ErrorCode.WEBRTC_FAILED:
+            # All lines busy: no worker took the offer, so the client may offer again later.
+            details = data.get("details") or {}
+            capacity = data.get("code") == ErrorCode.RATE_LIMIT and details.get("reason") == "capacity"
+            if data.get("code") == ErrorCode.WEBRTC_FAILED or capacity:
                 self._media_reset()
             return
         await self._send(kind, data)
