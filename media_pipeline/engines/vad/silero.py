@@ -43,6 +43,12 @@ class SileroVADModel:
         opts = onnxruntime.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
+        opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # Many tiny runs (one 32 ms window per call per hop): a pool thread spinning between them
+        # would take CPU from the event loops; with one intra-op thread there is no pool, and if
+        # intra_op_threads is raised the pool must still sleep rather than spin.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.path = Path(path) if path else default_model_path()
         self.session = onnxruntime.InferenceSession(
