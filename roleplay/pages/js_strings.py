@@ -56,6 +56,7 @@ STRINGS = {
     ),
     "session_gone": _("This call can no longer be resumed. Go back to the scenario list and start a new call."),
     "rate_limit": _("Too many messages at once. Wait {seconds} s, then try again."),
+    "lines_busy": _("All lines are busy: every practice line on this server is in a call. Try again in {seconds} s."),
     "asr_failed": _("We could not make out what you said. Say it again a little closer to the microphone, or type it."),
     "tts_failed": _("The buyer's voice could not be played. Read the reply in the transcript and carry on."),
     "webrtc_failed": _("The direct audio connection failed."),

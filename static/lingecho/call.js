@@ -35,7 +35,8 @@ function notice(message, kind = "warn") {
 function errorMessage({ code, message, details }) {
   if (details?.key) return t(details.key);
   switch (code) {
-    case "ERR_RATE_LIMIT": return t("rate_limit", { seconds: Math.ceil((details?.retry_after || 1000) / 1000) });
+    case "ERR_RATE_LIMIT": return t(details?.reason === "capacity" ? "lines_busy" : "rate_limit",
+      { seconds: Math.ceil((details?.retry_after || 1000) / 1000) });
     case "ERR_ASR_FAILED": return t("asr_failed");
     case "ERR_TTS_FAILED": return t("tts_failed");
     case "ERR_SESSION_NOT_FOUND": return t("session_gone");
@@ -278,7 +279,16 @@ function wire(client) {
     notice(t("reconnecting", { seconds: Math.max(1, Math.round(e.detail.delayMs / 1000)), attempt: e.detail.attempt, max: e.detail.max }));
   });
   client.addEventListener("reconnected", () => notice(t("reconnected"), "ok"));
-  client.addEventListener("error", (e) => notice(errorMessage(e.detail), "bad"));
+  client.addEventListener("error", (e) => {
+    notice(errorMessage(e.detail), "bad");
+    if (e.detail.code === "ERR_RATE_LIMIT" && e.detail.details?.reason === "capacity" && !call.finished) {
+      // All lines busy: no call was set up. Drop this attempt; "Start call" tries again with a new one.
+      client.abandon();
+      call.sessionId = null;
+      onClosed({ reason: "lines_busy", fatal: true });
+      setState("idle");
+    }
+  });
   client.addEventListener("webrtc-failed", () => fallBack());
   client.addEventListener("closed", (e) => onClosed(e.detail));
 }
