@@ -25,7 +25,9 @@ batches like WebRTC) offline, once per row:
 
 Printed per row: false cut-off rate (cut + trail cases ended inside the pause), missed-end rate
 (complete sentences the detector called incomplete, ended only by the patience), end-of-turn
-delay p50/p95 after complete sentences, model inference p50/p95. eSpeak's speech is synthetic:
+delay p50/p95 after complete sentences (with the inference the decision waited for, as timed in
+this run), model inference p50/p95 (wall time: on a busy machine it grows with the load, which
+is printed), and the delay in stream time alone (what it would be with a free inference). eSpeak's speech is synthetic:
 its prosody is flatter than a person's and the model may judge it differently from real speech.
 """
 
@@ -129,6 +131,7 @@ class Row:
     missed: int = 0
     complete_cases: int = 0
     delays_ms: list[float] = field(default_factory=list)
+    waits_ms: list[float] = field(default_factory=list)  # the same, in stream time only (no inference)
     inference_ms: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     early: tuple[int, int] = (0, 0)  # model runs started early at a pause, and of those used at the ask
@@ -219,6 +222,7 @@ def run_row(name: str, engines: Engines, cases: list[Case]) -> Row:
             row.missed += 1
             p = getattr(end.verdict, "probability", None)
             row.failures.append(f"late  {case.language} {case.text}: {end.reason} p={p}")
+        row.waits_ms.append((end.detected_at - case.speech_end) * 1000 / RATE)
         decided = end.detected_at
         if end.verdict is not None and end.verdict.inference_ms:
             # Live, the decision waits for the inference: begun at the ask point, or early at the pause.
@@ -275,6 +279,9 @@ def main() -> None:
     vad = get_vad_model()
     smart = SmartTurnDetector()
     smart.predict(np.zeros(RATE, dtype=np.float32))
+    alone = []
+    for _ in range(10):  # the model's own cost, one call at a time (the rows run it alongside the VAD)
+        alone.append(smart.predict(cases[0].audio).inference_ms)
     turn_pool = BoundedExecutor("turn", max_workers=1, max_queue=2, block=False)
     kinds = {k: sum(c.kind == k for c in cases) for k in ("cut", "trail", "complete")}
     with override_settings(**overrides):
@@ -282,8 +289,10 @@ def main() -> None:
               f"ENDPOINT_SILENCE_MS=400, TURN_ASK_SILENCE_MS={settings.TURN_ASK_SILENCE_MS}, "
               f"TURN_COMPLETE_THRESHOLD={settings.TURN_COMPLETE_THRESHOLD}, "
               f"TURN_PATIENCE_MS={settings.TURN_PATIENCE_MS}")
+        print(f"machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; Smart Turn alone: "
+              f"p50 {pct(alone, 50):.0f} ms, min {min(alone):.0f} ms per inference")
         print(f"{'row':<12} {'false cut-offs':>15} {'missed ends':>12} {'delay p50':>10} {'delay p95':>10} "
-              f"{'infer p50':>10} {'infer p95':>10}")
+              f"{'infer p50':>10} {'infer p95':>10} {'stream p50':>10} {'stream p95':>10}")
         rows = []
         for name in args.rows.split(","):
             engines = Engines(asr=None, tts=None, vad=vad, asr_pool=None, vad_pool=None, tts_pool=None,  # type: ignore[arg-type]
@@ -294,7 +303,8 @@ def main() -> None:
             print(f"{row.name:<12} {row.false_cuts:>4}/{row.cut_cases:<3} "
                   f"{100 * row.false_cuts / row.cut_cases:5.1f}% {100 * row.missed / row.complete_cases:10.1f}%"
                   f" {pct(row.delays_ms, 50):8.0f}ms {pct(row.delays_ms, 95):8.0f}ms"
-                  f" {pct(row.inference_ms, 50):8.0f}ms {pct(row.inference_ms, 95):8.0f}ms")
+                  f" {pct(row.inference_ms, 50):8.0f}ms {pct(row.inference_ms, 95):8.0f}ms"
+                  f" {pct(row.waits_ms, 50):8.0f}ms {pct(row.waits_ms, 95):8.0f}ms")
     for row in rows:
         if row.early[0]:
             print(f"[{row.name}] model runs started early at a pause: {row.early[0]}, "
