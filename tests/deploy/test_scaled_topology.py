@@ -30,10 +30,9 @@ from typing import Any
 
 import pytest
 
-from tests.audio_fixtures import silence, speak
+from tests.deploy.voice import talk as talk_on
 from tests.live_server import SCALED_VARIABLES, free_port
 from tests.media_pipeline.live import WsPeer, ws_connect_media
-from tests.media_pipeline.test_voice_e2e import PHRASE, words
 from tests.media_pipeline.voice_client import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.scaled]
@@ -203,27 +202,6 @@ class ScaledRun:
         return [item["Key"] for item in listing.get("Contents", [])]
 
 
-async def talk(call: Call) -> None:
-    """One turn both ways: our eSpeak phrase comes back as a transcript, the buyer's voice is heard.
-
-    (Interim transcripts are not required: with ten calls on two cores a worker may skip them.)"""
-    rate = call.client.track.rate
-    await call.peer.send("asr_start", {"language": "en-US", "format": "pcma", "sample_rate": rate, "mode": "auto"})
-    call.client.track.play(speak(PHRASE, rate=rate))
-    call.client.track.play(silence(1200, rate))
-    heard: set[str] = set()
-    first_at = 0.0
-    while len(heard & words(PHRASE)) < 6:  # on a loaded machine the phrase may come back as two turns
-        result = await call.peer.expect("asr_result", timeout=40)
-        first_at = first_at or result["at"]
-        heard |= words(result["data"]["text"])
-    deadline = time.monotonic() + 40  # the buyer's reply, as audio frames arriving over WebRTC
-    while call.client.heard_rms_since(first_at) <= 0.02:
-        assert time.monotonic() < deadline, "no buyer audio after the transcript"
-        await asyncio.sleep(0.2)
-    assert any(e["at"] >= first_at for e in call.peer.of_type("text_response"))  # ...and its text
-
-
 async def until(what: str, check, timeout: float = 60.0, every: float = 0.5) -> Any:
     """Poll ``check`` (sync, run off the loop) until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -249,6 +227,10 @@ class Call:
     async def close(self) -> None:
         await self.peer.close()
         await self.client.close()
+
+
+async def talk(call: Call) -> None:
+    await talk_on(call.peer, call.client)
 
 
 async def open_call(front: Front, scenario: int, *, session: str = "") -> Call:

@@ -34,9 +34,9 @@ from aiortc import (
     RTCRtpSender,
 )
 
+from tests.deploy.voice import talk
 from tests.live_server import free_port
 from tests.media_pipeline.live import LiveStack, WsPeer, ws_connect_media
-from tests.media_pipeline.test_voice_e2e import voice_turn
 from tests.media_pipeline.voice_client import MIMES, VoiceClient
 
 pytestmark = pytest.mark.slow
@@ -173,7 +173,7 @@ async def test_a_relay_only_call_connects_through_coturn_and_carries_audio_both_
         assert connected["connection_state"] == "connected"
         assert client.offered_candidate_types() == {"relay"}
         assert client.selected_local_candidate_type() == "relay"
-        await voice_turn(peer, client, "pcma")  # a transcript of our speech, then the buyer's voice heard
+        await talk(peer, client)  # a transcript of our speech, then the buyer's voice heard
         assert turn.allocations_for(username) >= 1
     finally:
         await peer.close()
