@@ -166,7 +166,9 @@ class WsPeer:
                     return item
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no {kind} within {timeout}s; saw {[e['type'] for e in self.events]}")
+                errors = [e["data"] for e in self.events if e["type"] == "error"]
+                seen = [e["type"] for e in self.events]
+                raise TimeoutError(f"no {kind} within {timeout}s; saw {seen}; errors {errors}")
             self._new.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new.wait(), min(remaining, 0.5))
