@@ -339,10 +339,12 @@ class ChunkTurns:
             if held is not None:  # the "more" was nothing after all: answer what was said
                 await self._answer(held, asr_ms=asr_ms, trigger=segment)
             return
+        decided = segment.turn.as_dict() if segment.turn is not None else {}
         turn = OpenTurn(result_id="", text=said.text, start_ms=said.start_ms, end_ms=said.end_ms,
-                        confidence=said.confidence, language=said.language)
+                        confidence=said.confidence, language=said.language, turn_end=decided)
         if held is not None:
-            turn = held.joined(said.text, end_ms=said.end_ms, confidence=said.confidence, language=said.language)
+            turn = held.joined(said.text, end_ms=said.end_ms, confidence=said.confidence, language=said.language,
+                               turn_end=decided)
         if self._unfinished(turn):
             self._hold(turn)
             return
@@ -391,6 +393,7 @@ class ChunkTurns:
             end_ms=turn.end_ms,
             confidence=turn.confidence,
             latency={"asr_final_ms": asr_ms} if asr_ms is not None else None,
+            turn_end=turn.turn_end,
         )
         await self._reply(trigger=trigger)
 

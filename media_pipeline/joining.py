@@ -16,7 +16,8 @@ Only the wording rules live here (language-aware joining); the transports keep t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from media_pipeline.turns.words import is_backchannel, trailing_cue
 
@@ -52,8 +53,14 @@ class OpenTurn:
     stream_start_ms: int = 0  # WebRTC's asr_result start_time/end_time (ms since asr_start)
     stream_end_ms: int = 0
     response_id: str = ""  # the reply answering it, while one is being spoken
+    turn_end: dict[str, Any] = field(default_factory=dict)  # how its (last) end was decided: TurnDecision
 
-    def joined(self, text: str, *, end_ms: int, confidence: float, language: str) -> OpenTurn:
-        """This turn with ``text`` said after it (one utterance, the first one's id and start)."""
+    def joined(self, text: str, *, end_ms: int, confidence: float, language: str,
+               turn_end: dict[str, Any] | None = None) -> OpenTurn:
+        """This turn with ``text`` said after it: one utterance with the first one's id and start,
+        and the last one's end decision (``turn_end``), counting the utterances ``joined`` into it."""
+        facts = dict(turn_end or self.turn_end)
+        if facts:
+            facts["joined"] = self.turn_end.get("joined", 0) + 1
         return replace(self, text=join_text(self.text, text, language), end_ms=max(self.end_ms, end_ms),
-                       confidence=min(self.confidence, confidence), response_id="")
+                       confidence=min(self.confidence, confidence), response_id="", turn_end=facts)

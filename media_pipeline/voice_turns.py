@@ -82,6 +82,11 @@ async def _settled(task: asyncio.Task) -> Any:
         return None
 
 
+def _turn_end(result: FinalResult) -> dict[str, Any]:
+    """The end-of-turn facts of a final, for the utterance (``Utterance.turn_end``)."""
+    return result.turn.as_dict() if result.turn is not None else {}
+
+
 def final_data(result: FinalResult) -> dict[str, Any]:
     """The protocol's ``asr_result`` data for a final."""
     return {"result_id": result.result_id, "text": result.text, "is_final": True,
@@ -132,7 +137,7 @@ class VoiceTurns:
                 self._release(continues, result)
                 return
             joined = continues.joined(result.text, end_ms=result.end_ms, confidence=result.confidence,
-                                      language=result.language)
+                                      language=result.language, turn_end=_turn_end(result))
             result = dataclasses.replace(
                 result, text=joined.text, result_id=joined.result_id, start_ms=joined.start_ms,
                 confidence=joined.confidence, stream_start_ms=continues.stream_start_ms)
@@ -142,7 +147,8 @@ class VoiceTurns:
             held = OpenTurn(result_id=result.result_id, text=result.text, start_ms=result.start_ms,
                             end_ms=result.end_ms, confidence=result.confidence, language=result.language,
                             utterance_id=continues.utterance_id if continues else None,
-                            stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms)
+                            stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms,
+                            turn_end=_turn_end(result))
             self._open_turn = held
             self.on_interim(result.result_id, result.text, result.confidence)
             host.spawn(self._answer_if_abandoned(held, settings.TURN_PATIENCE_MS / 1000))
@@ -259,15 +265,19 @@ class VoiceTurns:
         }
         metrics.ENDPOINTING_DELAY_SECONDS.observe(result.endpointing_ms / 1000)
         metrics.ASR_FINAL_LATENCY_SECONDS.labels(engine=host.engines.asr.name).observe(result.asr_final_ms / 1000)
+        # The last pause's decision; a turn that took several utterances says how many were joined.
+        turn_end = _turn_end(result) or (dict(continues.turn_end) if continues else {})
+        if continues is not None and turn_end:
+            turn_end["joined"] = continues.turn_end.get("joined", 0) + 1
         if continues is not None and continues.utterance_id is not None:
             # The rest of a thought the buyer yielded to: the same utterance, the same turn count.
             trainee_id = continues.utterance_id
-            await _update_utterance(trainee_id, text=result.text, end_ms=result.end_ms)
+            await _update_utterance(trainee_id, text=result.text, end_ms=result.end_ms, turn_end=turn_end)
         else:
             trainee_id = (await conversation.record_trainee_turn(
                 session_id=session_id, text=result.text, source=Utterance.Source.VOICE,
                 start_ms=result.start_ms, end_ms=result.end_ms, confidence=result.confidence,
-                interim_count=result.interim_count, latency=latency,
+                interim_count=result.interim_count, latency=latency, turn_end=turn_end,
             )).pk
         reply = await conversation.begin_buyer_reply(session_id)
         response_id = f"resp_{uuid.uuid4().hex[:12]}"

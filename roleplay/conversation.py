@@ -64,6 +64,7 @@ def record_trainee_turn(
     confidence: float | None = None,
     interim_count: int = 0,
     latency: dict[str, float | None] | None = None,
+    turn_end: dict | None = None,
 ) -> Utterance:
     session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
     if session.state == RealtimeSession.State.ENDED:
@@ -78,6 +79,7 @@ def record_trainee_turn(
         confidence=confidence,
         interim_count=interim_count,
         latency=latency,
+        turn_end=turn_end,
     )
 
 

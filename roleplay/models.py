@@ -264,6 +264,11 @@ class Utterance(models.Model):
     brain_first_token_ms = models.FloatField(null=True, blank=True)
     tts_first_audio_ms = models.FloatField(null=True, blank=True)
     turn_latency_ms = models.FloatField(null=True, blank=True)
+    turn_end = models.JSONField(
+        default=dict, blank=True,
+        help_text="How the end of a spoken trainee turn was decided: detector, decision (complete / "
+                  "patience_expired / stream_end), probability, inference_ms, waited_ms, cue.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -152,6 +152,7 @@ def utterance_append(
     interim_count: int = 0,
     interrupted: bool = False,
     latency: dict[str, float | None] | None = None,
+    turn_end: dict | None = None,
 ) -> Utterance:
     """Persist one turn as it happens; trainee turns advance the session's turn count.
 
@@ -178,6 +179,7 @@ def utterance_append(
                     confidence=confidence,
                     interim_count=interim_count,
                     interrupted=interrupted,
+                    turn_end=turn_end or {},
                     **{k: v for k, v in (latency or {}).items() if k in _LATENCY_FIELDS},
                 )
                 update = {"last_seen_at": timezone.now()}
@@ -196,7 +198,7 @@ _LATENCY_FIELDS = {"endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tt
 
 def utterance_update(*, utterance_id: int, **fields: object) -> None:
     """Late facts about a turn: what was actually played (text, when, how), latency figures."""
-    allowed = _LATENCY_FIELDS | {"text", "start_ms", "end_ms", "interrupted", "source"}
+    allowed = _LATENCY_FIELDS | {"text", "start_ms", "end_ms", "interrupted", "source", "turn_end"}
     unknown = set(fields) - allowed
     if unknown:
         raise ValueError(f"cannot update {sorted(unknown)}")

@@ -96,6 +96,7 @@ class UtteranceOut(serializers.Serializer):
     brain_first_token_ms = serializers.FloatField(allow_null=True)
     tts_first_audio_ms = serializers.FloatField(allow_null=True)
     turn_latency_ms = serializers.FloatField(allow_null=True)
+    turn_end = serializers.JSONField()
 
 
 class AnalyticsOut(serializers.Serializer):

@@ -15,6 +15,7 @@ from django.core.files.storage import default_storage
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.translation import gettext as _
 
 from roleplay import selectors
 from roleplay.errors import NotFound, SessionNotFound
@@ -95,6 +96,22 @@ def _clock(ms: int) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def _turn_end_note(facts: dict) -> str:
+    """One line for the reviewer: how the end of this turn was decided (empty for typed turns)."""
+    if not facts or not facts.get("decision"):
+        return ""
+    parts = [{"complete": _("ended: complete"), "patience_expired": _("ended: pause outlasted the patience"),
+              "stream_end": _("ended: audio stopped"), "too_short": _("ended: too short")}.get(
+                  facts["decision"], str(facts["decision"]))]
+    if facts.get("probability") is not None:
+        parts.append(_("p(complete) %(p).2f") % {"p": facts["probability"]})
+    if facts.get("waited_ms") is not None:
+        parts.append(_("after %(ms)d ms of pause") % {"ms": facts["waited_ms"]})
+    if facts.get("cue"):
+        parts.append(_("waited after “%(cue)s”") % {"cue": facts["cue"]})
+    return " · ".join(parts)
+
+
 def _transcript(session: RealtimeSession) -> list[dict[str, object]]:
     return [
         {
@@ -105,6 +122,7 @@ def _transcript(session: RealtimeSession) -> list[dict[str, object]]:
             "end_ms": u.end_ms,
             "typed": u.source == u.Source.TEXT,
             "interrupted": u.interrupted,
+            "turn_end": _turn_end_note(u.turn_end),
             "at": _clock(u.start_ms),
         }
         for u in selectors.session_utterances(session=session)

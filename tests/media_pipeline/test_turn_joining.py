@@ -47,7 +47,8 @@ async def answered(contract_peer) -> dict:
 # --- the words ------------------------------------------------------------------------------------
 
 def test_it_joins_fragments_with_a_space_in_english_and_none_in_chinese():
-    assert joining.join_text("I wanted to ask you about.", "your invoices.") == "I wanted to ask you about your invoices."
+    joined = joining.join_text("I wanted to ask you about.", "your invoices.")
+    assert joined == "I wanted to ask you about your invoices."
     assert joining.join_text("我觉得", "这个价格有点高。", "zh") == "我觉得这个价格有点高。"
     assert joining.join_text("", "okay") == "okay"
 
@@ -79,6 +80,7 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(media_worker, con
         trainee, buyer, turns = await trainee_and_buyer(call_session.pk)
         assert len(trainee) == 1 and turns == 1, [u.text for u in trainee]
         assert {"wanted", "month"} <= words(trainee[0].text)
+        assert trainee[0].turn_end["decision"], trainee[0].turn_end  # how its end was decided, for review
         assert len(buyer) == 1 and buyer[0].text == reply["data"]["text"]
     finally:
         await client.close()
@@ -108,6 +110,7 @@ async def test_the_buyer_yields_when_the_trainee_goes_on_right_after_it_starts(m
         assert reply["data"]["message_id"] == first["data"]["result_id"]
         trainee, buyer, turns = await trainee_and_buyer(call_session.pk)
         assert len(trainee) == 1 and turns == 1 and {"margaret", "much", "time"} <= words(trainee[0].text)
+        assert trainee[0].turn_end["joined"] == 1, trainee[0].turn_end
         assert [u.text for u in buyer] == [reply["data"]["text"]]  # the withdrawn reply is not kept
     finally:
         await client.close()

@@ -351,3 +351,12 @@ def test_a_result_still_being_scored_shows_progress_and_polls(alice, scenario):
     html = _client(alice).get(f"/practice/result/{session.pk}/").content.decode()
     assert 'role="progressbar"' in html and 'aria-valuenow="40"' in html and "lingecho/result.js" in html
     assert "How do you reconcile carrier invoices today?" in html
+
+
+def test_the_review_says_how_a_turn_ended():
+    from roleplay.pages.views import _turn_end_note
+
+    with translation.override("en"):
+        note = _turn_end_note({"decision": "patience_expired", "probability": 0.12, "waited_ms": 2000, "cue": "and"})
+    assert "patience" in note and "0.12" in note and "2000 ms" in note and "and" in note
+    assert _turn_end_note({}) == ""

@@ -708,5 +708,7 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(server, client):
     await asyncio.sleep(2.0)
     assert [e for e, _ in client.seen].count("transcription") == 1, client.seen
     await client.sio.call("end-session", {"sessionId": sid}, timeout=20)
-    trainee = server.query("SELECT text FROM roleplay_utterance WHERE session_id = ? AND speaker = 'trainee'", sid)
+    trainee = server.query(
+        "SELECT text, turn_end FROM roleplay_utterance WHERE session_id = ? AND speaker = 'trainee'", sid)
     assert len(trainee) == 1 and heard_all(trainee[0][0], "want", "month"), trainee
+    assert json.loads(trainee[0][1])["decision"], trainee  # how its end was decided, for the review page
