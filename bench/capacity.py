@@ -14,6 +14,8 @@ the whole reply, pauses, and speaks again, ``--turns`` times. Calls arrive sprea
 - refused calls: the server answered the offer with an error (admission control, ``retry_after``);
 - server CPU per call: utime+stime of the server process (/proc/<pid>/stat) over the talking
   window, in % of one core, divided by the calls that were let in;
+- server CPU per answered turn (ms of CPU): the same CPU over the turns answered; on a machine
+  shared with other work the % figures drop when the server is starved, this one does not;
 - RSS per call: (peak RSS during the window − RSS of the idle warm server) / calls let in, and the
   peak itself.
 
@@ -166,6 +168,7 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
         "errors": out["errors"][:3],
         "cpu_total_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
         "cpu_per_call_pct": (cpu1 - cpu0) / (t1 - t0) * 100 / admitted,
+        "cpu_ms_per_turn": (cpu1 - cpu0) * 1000 / len(lat) if lat else None,
         "rss_peak_mb": peak[0],
         "rss_per_call_mb": (peak[0] - idle_rss) / admitted,
         "seconds": t1 - t0,
@@ -209,15 +212,15 @@ async def run(args: argparse.Namespace) -> None:
     print(f"capacity bench: codec {args.codec}, {args.turns} turns per caller, server env {server_env}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("| calls | let in / refused | turns | turn p50 / p95 (ms) | unanswered | server CPU total / per call "
-          "(% of one core) | RSS peak / per call (MB) |")
-    print("|---|---|---|---|---|---|---|")
+          "(% of one core) | CPU per answered turn (ms) | RSS peak / per call (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for calls in args.calls:
         row = await one_n(calls, args, server_env)
         rows.append(row)
         print(f"| {calls} | {row['admitted']} / {row['refused']} | {row['turns']} | {fmt(row['p50'])} / "
               f"{fmt(row['p95'])} | {row['unanswered']} | {row['cpu_total_pct']:.0f} / {row['cpu_per_call_pct']:.1f} | "
-              f"{row['rss_peak_mb']:.0f} / {row['rss_per_call_mb']:.1f} |", flush=True)
+              f"{fmt(row['cpu_ms_per_turn'])} | {row['rss_peak_mb']:.0f} / {row['rss_per_call_mb']:.1f} |", flush=True)
         for err in row["errors"]:
             print("  error:", err)
         if row["refusal"]:
