@@ -222,9 +222,11 @@ def supervise(env: dict[str, str]) -> int:
                     self._procmgr.terminate(process["pid"])
 
         def _any_stopped(self) -> bool:
-            if not self._terminating:
-                return False
-            if not self.stores_told and all(
+            return self._terminating and super()._any_stopped()
+
+        def _all_stopped(self) -> bool:
+            # Asked on every turn of honcho's loop (the other hooks stop being asked after a stop).
+            if self._terminating and not self.stores_told and all(
                 "returncode" in process for name, process in self._processes.items() if name not in STORES
             ):
                 self.stores_told = True
@@ -233,7 +235,7 @@ def supervise(env: dict[str, str]) -> int:
                     if process.get("pid") and "returncode" not in process:
                         self._system_print(f"sending SIGTERM to {name} (pid {process['pid']})\n")
                         self._procmgr.terminate(process["pid"])
-            return super()._any_stopped()
+            return super()._all_stopped()
 
     honcho.manager.KILL_WAIT = KILL_WAIT_SECONDS
     manager = KeepServing()
