@@ -110,6 +110,7 @@ async def caller(stack: Any, scenario: int, args: argparse.Namespace, rng: rando
             heard = client.sound_since(voiced) if voiced else None
             if heard is None:
                 out["unanswered"] += 1
+                out["unheard"] += 1  # a reply was sent (tts_complete) but nothing audible arrived
             else:
                 out["latency"].append((heard - voiced) * 1000)
             await asyncio.sleep(rng.uniform(0.5, 1.5))  # the trainee thinks before answering
@@ -131,7 +132,8 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
         pid = stack.procs["daphne"].pid
         scenario = await asyncio.to_thread(stack.scenario_id)
         idle_rss = rss_mb(pid)
-        out: dict[str, Any] = {"latency": [], "unanswered": 0, "errors": [], "refused": [], "admitted": 0}
+        out: dict[str, Any] = {"latency": [], "unanswered": 0, "unheard": 0, "errors": [], "refused": [],
+                           "admitted": 0}
         peak = [idle_rss]
 
         async def sample_rss() -> None:
@@ -150,6 +152,7 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
             for key in ("latency", "errors", "refused"):
                 out[key] += part[key]
             out["unanswered"] += part["unanswered"]
+            out["unheard"] += part.get("unheard", 0)
             out["admitted"] += part["admitted"]
         sampler.cancel()
     finally:
@@ -165,6 +168,7 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
         "p50": pct(lat, 50) if lat else None,
         "p95": pct(lat, 95) if lat else None,
         "unanswered": out["unanswered"],
+        "unheard": out["unheard"],
         "errors": out["errors"][:3],
         "cpu_total_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
         "cpu_per_call_pct": (cpu1 - cpu0) / (t1 - t0) * 100 / admitted,
@@ -186,7 +190,7 @@ async def client_process(stack: Any, scenario: int, args: argparse.Namespace, co
     lines = stdout.decode().strip().splitlines()
     if proc.returncode != 0 or not lines:
         return {"latency": [], "errors": [f"client process exited {proc.returncode}"], "refused": [],
-                "unanswered": 0, "admitted": 0}
+                "unanswered": 0, "unheard": 0, "admitted": 0}
     return json.loads(lines[-1])
 
 
@@ -195,7 +199,8 @@ async def run_callers(spec: dict[str, Any], args: argparse.Namespace) -> None:
     from types import SimpleNamespace
 
     stack = SimpleNamespace(port=spec["port"], token=spec["token"])
-    out: dict[str, Any] = {"latency": [], "unanswered": 0, "errors": [], "refused": [], "admitted": 0}
+    out: dict[str, Any] = {"latency": [], "unanswered": 0, "unheard": 0, "errors": [], "refused": [],
+                           "admitted": 0}
     rng = random.Random(spec["seed"])
     await asyncio.gather(*(caller(stack, spec["scenario"], args, random.Random(rng.random()), out)
                            for _ in range(spec["count"])))
