@@ -233,6 +233,11 @@ class Listening:
             room = self._scored_audio(pause, now)
             fill = np.resize(room, missing) if room.size else np.zeros(missing, dtype=np.float32)
             heard = np.concatenate([heard, fill.astype(np.float32)])
+        if self._early is not None:
+            # An earlier pause's job: speech resumed, so drop it if it has not begun; the executor
+            # is one thread for every call, and stale work queued there delays every answer.
+            self._early[1].cancel()
+            self._early = None
         detector: TurnDetector = self.policy.detector
         try:
             job = pool.submit(detector.predict, heard)
@@ -243,7 +248,10 @@ class Listening:
 
     def _early_verdict(self, speech_start: int, pause: int) -> Verdict | None:
         early, self._early = self._early, None
-        if early is None or early[0] != (speech_start, pause):
+        if early is None:
+            return None
+        if early[0] != (speech_start, pause):
+            early[1].cancel()
             return None
         try:
             verdict = early[1].result(timeout=settings.ENGINE_TIMEOUT_SECONDS)

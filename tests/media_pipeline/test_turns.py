@@ -157,8 +157,21 @@ def test_the_model_is_started_early_when_a_pause_begins(turn_settings):
     assert heard.size == TURN_PRESPEECH_SAMPLES + 46 * WINDOW, "the pause filled out to the ask point"
 
 
+class LengthDetector(ScriptedDetector):
+    """Says "complete" to a turn shorter than ``samples``, "incomplete" to a longer one."""
+
+    def __init__(self, samples: int) -> None:
+        super().__init__()
+        self.samples = samples
+
+    def predict(self, audio: np.ndarray, *, text: str = "", language: str = "en") -> Verdict:
+        self.heard.append(audio.copy())
+        p = 0.9 if audio.size < self.samples else 0.1
+        return Verdict(complete=p >= 0.5, probability=p, inference_ms=12.0, detector=self.name)
+
+
 def test_an_early_start_that_speech_interrupts_is_not_used(turn_settings):
-    detector = ScriptedDetector(0.9, 0.1, 0.95)
+    detector = LengthDetector(TURN_PRESPEECH_SAMPLES + 40 * WINDOW)  # the gap's turn: complete; the last: not
     pool = engines(EchoASR())
     pool.turn = detector
     pool.turn_pool = BoundedExecutor("turn", max_workers=1, max_queue=2, block=False)
@@ -166,7 +179,7 @@ def test_an_early_start_that_speech_interrupts_is_not_used(turn_settings):
     events = run(ears, windows(20), windows(30, SPEECH), windows(3), windows(10, SPEECH), windows(60))
     (end,) = ends(events)
     assert (end.start_sample, end.end_sample) == (20 * WINDOW, 63 * WINDOW), "a 96 ms gap is not an end"
-    assert (ears.early_started, ears.early_used) == (2, 1)
+    assert (ears.early_started, ears.early_used) == (2, 1), "the gap's answer, if it ran at all, was dropped"
     assert Listening.decision(end).probability == 0.1, "the answer about the last pause, not the gap's"
 
 
