@@ -50,7 +50,7 @@ ZH_CUES = (
 EN_BACKCHANNEL_PHRASES = {
     "i see": "isee", "got it": "gotit", "all right": "alright", "that's right": "thatsright",
     "makes sense": "makessense", "of course": "ofcourse", "uh huh": "uhhuh", "mm hm": "mmhm",
-    "mm hmm": "mmhmm", "sounds good": "soundsgood",
+    "mm hmm": "mmhmm", "sounds good": "soundsgood", "uh uh": "uhuh",
 }
 EN_BACKCHANNELS = frozenset({
     "mmhm", "mmhmm", "mhm", "mhmm", "hmm", "hm", "mm", "mmm", "uhhuh", "uhuh", "yeah", "yes", "yep",
@@ -62,6 +62,7 @@ ZH_BACKCHANNELS = (
     "嗯哼", "嗯嗯", "嗯", "对的", "对对", "对", "好的", "好吧", "好", "是的", "是啊", "是", "没错", "哦", "噢",
     "喔", "啊", "明白", "了解", "知道了", "行", "可以", "当然", "确实", "懂了", "哈",
 )
+_HUM = re.compile(r"^[mh]*m[mh]*$")  # "mm", "mmm", "hmm", "mhm", "mmhmm": however many letters ASR writes
 MAX_BACKCHANNEL_WORDS = 4  # "oh yeah, right, okay" is still listening; five words are a reply
 
 _PUNCT = re.compile(r"[^\w\s'’-]+", re.UNICODE)
@@ -130,4 +131,4 @@ def is_backchannel(text: str, language: str = "en") -> bool:
     for phrase, token in EN_BACKCHANNEL_PHRASES.items():
         joined = re.sub(rf"\b{re.escape(phrase)}\b", token, joined)
     words = joined.split()
-    return 0 < len(words) <= MAX_BACKCHANNEL_WORDS and all(w in EN_BACKCHANNELS for w in words)
+    return 0 < len(words) <= MAX_BACKCHANNEL_WORDS and all(w in EN_BACKCHANNELS or _HUM.match(w) for w in words)

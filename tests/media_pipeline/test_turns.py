@@ -266,7 +266,8 @@ def test_it_lets_a_finished_sentence_end(text):
     assert trailing_cue(text) == ""
 
 
-@pytest.mark.parametrize("text", ["Mm-hmm.", "mm-hm", "Uh-huh", "Yeah.", "Right.", "Okay, right.", "I see.",
+@pytest.mark.parametrize("text", ["Mm-hmm.", "mm-hm", "Mmmm.", "Uh-huh", "Uh-uh.", "Yeah.", "Right.", "Okay, right.",
+                                  "I see.",
                                   "嗯", "嗯嗯", "对", "对对对", "好的。", "是的"])
 def test_it_knows_a_backchannel(text):
     assert is_backchannel(text)
