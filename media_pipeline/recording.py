@@ -188,8 +188,11 @@ class CallRecorder:
         if self._writer_task is not None:
             return
         self._stop = asyncio.Event()
-        self._writer_task = asyncio.get_running_loop().create_task(self._write_loop(now_ms),
-                                                                   name=f"recording-{self.session_id}")
+        loop = asyncio.get_running_loop()
+        # Held from the start (not from the first segment): the session's end then knows a recording is
+        # coming and leaves the after-call dispatch to it (``services.session_end``). A cache call: off the loop.
+        loop.run_in_executor(None, self._hold_lease)
+        self._writer_task = loop.create_task(self._write_loop(now_ms), name=f"recording-{self.session_id}")
 
     async def _write_loop(self, now_ms: Callable[[], int]) -> None:
         loop = asyncio.get_running_loop()

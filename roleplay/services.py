@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from roleplay import lifecycle
+from roleplay import lifecycle, recording_segments
 from roleplay.errors import LiveSessionLimit, PermissionDenied, SessionEnded, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, ReviewComment, Scenario, SessionAnalytics, User, Utterance
 
@@ -103,7 +103,13 @@ def session_set_transport(*, session_id: str, transport: str, audio_metadata: di
 
 
 def session_end(*, session: RealtimeSession, reason: str) -> RealtimeSession:
-    """End once; later calls are no-ops. After-call processing is dispatched after commit.
+    """End once; later calls are no-ops. After-call processing is dispatched once, after commit.
+
+    Once: when a recorder is still writing this call (a media worker closing the peer after the
+    consumer ended the session), the job is dispatched when that recording is stored
+    (``session_recording_stored``) instead of now, so it runs over the whole recording the first
+    time rather than twice. A writer that dies leaves the session to the sweeper once its lease
+    runs out (``after_call.job.processing_orphans_claim``).
 
     ``reason`` is a transport's own word for why the call ended; one that is not an EndReason is
     stored as ``error`` rather than a guess at the trainee's intent.
@@ -118,7 +124,8 @@ def session_end(*, session: RealtimeSession, reason: str) -> RealtimeSession:
         locked.end_reason = reason
         locked.ended_at = timezone.now()
         locked.save(update_fields=["state", "end_reason", "ended_at"])
-        transaction.on_commit(lambda: _dispatch_post_session(locked.pk))
+        if not recording_segments.writer_active(locked.pk):
+            transaction.on_commit(lambda: _dispatch_post_session(locked.pk))
     logger.info("session ended", extra={"session_id": locked.pk, "reason": reason})
     return locked
 

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from roleplay.after_call.archive import archive_prefix
 from roleplay.models import RealtimeSession
+from roleplay.recording_segments import writer_active
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def processing_orphans_claim(*, every_unfinished: bool = False) -> tuple[list[st
     never_started: list[str] = []
     lease_expired: list[str] = []
     for session_id, processing in rows:
+        if processing == RealtimeSession.Processing.PENDING and not every_unfinished and writer_active(session_id):
+            continue  # its recorder is still writing: storing the recording dispatches the job
         taken = RealtimeSession.objects.filter(pk=session_id, processing=processing)
         if not every_unfinished:
             taken = taken.filter(unclaimed)

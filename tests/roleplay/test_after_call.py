@@ -377,6 +377,41 @@ def test_a_recording_stored_after_processing_ran_is_processed_again(alice, scena
     assert SessionAnalytics.objects.get(session=session).retranscript["status"] == "done"
 
 
+def test_a_call_still_being_recorded_is_processed_once_when_its_recording_is_stored(
+        alice, scenario, django_capture_on_commit_callbacks, settings):
+    from roleplay import recording_segments
+    from roleplay.after_call.job import processing_orphans_claim
+
+    session, recorder = unsaved_call(alice, scenario)
+    recording_segments.hold_lease(session.pk, writer=recorder.writer, seconds=60)  # the worker is still closing
+    with django_capture_on_commit_callbacks(execute=True) as at_end:
+        services.session_end(session=session, reason=RealtimeSession.EndReason.USER_REQUESTED)
+    assert at_end == []  # not dispatched now: it would run without the recording, then again with it
+    settings.POSTPROCESS_SWEEP_GRACE_SECONDS = 0
+    assert processing_orphans_claim() == ([], [])  # nor by the sweeper while the writer is alive
+
+    with django_capture_on_commit_callbacks(execute=True) as at_store:
+        name = recorder.save()  # joins, releases the lease and dispatches
+        services.session_attach_recording(session_id=session.pk, name=name, audio_metadata={})
+    session.refresh_from_db()
+    assert len(at_store) == 1 and session.processing == "done"
+    assert session.recording.name == archive_names(session.pk)["recording"]
+    assert SessionAnalytics.objects.get(session=session).retranscript["status"] == "done"
+
+
+def test_a_recording_whose_writer_died_is_left_to_the_sweeper(alice, scenario, django_capture_on_commit_callbacks,
+                                                              settings):
+    from roleplay import recording_segments
+    from roleplay.after_call.job import processing_orphans_claim
+
+    session, recorder = unsaved_call(alice, scenario)
+    recording_segments.hold_lease(session.pk, writer=recorder.writer, seconds=60)
+    services.session_end(session=session, reason=RealtimeSession.EndReason.USER_REQUESTED)
+    recording_segments.release_lease(session.pk, writer=recorder.writer)  # as when its lease runs out
+    settings.POSTPROCESS_SWEEP_GRACE_SECONDS = 0
+    assert processing_orphans_claim() == ([session.pk], [])
+
+
 def test_an_attached_recording_is_processed_once_when_it_arrives_before_the_run(alice, scenario,
                                                                                  django_capture_on_commit_callbacks):
     session, recorder = unsaved_call(alice, scenario)
