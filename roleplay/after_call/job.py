@@ -12,7 +12,9 @@ and ended sessions whose dispatch was lost, to the sweeper (``roleplay.lifecycle
 lease for each so the next sweep does not dispatch the same job again while it waits in a queue.
 Claiming a RUNNING session stays allowed whatever its lease: that is what a redelivered task looks like.
 
-The recording usually arrives *after* the session ended, so a run remembers which
+The recording usually arrives *after* the session ended. The job is dispatched once, when it is
+stored (``services.session_end`` leaves the dispatch to a recorder that still holds its writer lease).
+Where that cannot be known (a cache outage, a recorder that had not started yet), a run remembers which
 ``recording_version`` it processed: attaching a newer recording dispatches the job again and the claim
 lets it redo a finished session; a run overtaken by a newer recording stops (``Superseded``) without
 touching the session's recording; and the raw WAV is deleted only under the session's row lock, when
