@@ -90,6 +90,7 @@ class ScaledRun:
             REDIS_URL=f"{REDIS}/{REDIS_DBS[0]}",
             CELERY_BROKER_URL=f"{REDIS}/{REDIS_DBS[1]}",
             MAX_LIVE_SESSIONS_PER_USER="100",  # ten calls by one trainee
+            MAX_CALLS_PER_WORKER=str(CALLS),  # after one worker dies the other takes every call left
             LOG_LEVEL="INFO",
             LINGECHO_CELERY_CONCURRENCY="2",  # ten after-call jobs at the end
         )
