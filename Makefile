@@ -11,6 +11,9 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	# Smart Turn v3.2 (end of turn) ships inside this wheel; only its model file is read, by path, so
+	# none of pipecat's own dependencies are installed (media_pipeline/turns/smart_turn.py says why).
+	$(VENV)/bin/pip install -q --no-deps pipecat-ai==1.14.0
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

@@ -29,8 +29,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -38,7 +36,6 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.utils import timezone
 
 from lingecho.resilience.redaction import redact
 from media_pipeline import audio as audio_utils
@@ -49,15 +46,17 @@ from media_pipeline.joining import OpenTurn, trailing_cue
 from media_pipeline.listening import Listening, Segment, heard
 from media_pipeline.recording import CallRecorder
 from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
-from roleplay import conversation, services
+from roleplay import conversation, selectors, services
 from roleplay.errors import DomainError
 from roleplay.models import RealtimeSession, Utterance
 from roleplay.pages.media import media_url
+from roleplay.selectors import CallFacts
 
 logger = logging.getLogger(__name__)
 
 RATE = audio_utils.ASR_RATE
 MAX_PENDING_TURNS = 4  # utterances or typed turns queued behind the one being answered
+HELD_CHECK_SECONDS = 0.25  # how often a held thought looks whether its patience ran out
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 CloseRequest = Callable[[str], Awaitable[None]]
@@ -69,35 +68,8 @@ def reply_audio_name(session_id: str, n: int) -> str:
 
 # --- what the turn logic needs to know about the session -----------------------------------------
 
-@dataclass(frozen=True)
-class SessionInfo:
-    session_id: str
-    started_at: datetime
-    language: str
-    voice: str
-    max_turns: int
-    asr_engine: str
-    tts_engine: str
-    video_name: str
-
-    def elapsed_ms(self) -> int:
-        return max(0, int((timezone.now() - self.started_at).total_seconds() * 1000))
-
-
-@database_sync_to_async
-def load_session_info(session_id: str) -> SessionInfo:
-    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
-    scenario = session.scenario
-    return SessionInfo(
-        session_id=session.pk,
-        started_at=session.started_at,
-        language=scenario.language,
-        voice=scenario.voice,
-        max_turns=scenario.max_turns,
-        asr_engine=scenario.asr_engine,
-        tts_engine=scenario.tts_engine,
-        video_name=scenario.avatar_video.name if scenario.avatar_video else "",
-    )
+async def load_call_facts(session_id: str) -> CallFacts:
+    return await database_sync_to_async(selectors.session_call_facts)(session_id=session_id)
 
 
 @database_sync_to_async
@@ -163,7 +135,7 @@ class StreamState:
 class ChunkTurns:
     """Decode, endpoint and answer one chunked session. Bind ``emit``/``request_close`` before use."""
 
-    def __init__(self, info: SessionInfo, audio_config: dict[str, Any]) -> None:
+    def __init__(self, info: CallFacts, audio_config: dict[str, Any]) -> None:
         self.info = info
         self.session_id = info.session_id
         self.audio_config = audio_config
@@ -173,7 +145,7 @@ class ChunkTurns:
         # reach this client as protocol errors).
         start_warm_up()
         self.engines = call_engines(info, on_error=self._engine_error, base=get_engines())
-        self.listening = Listening(self.engines)
+        self.listening = Listening(self.engines, patience_ms=info.turn_patience_ms)
         self.stream = StreamState(audio_config, self.recorder, info.elapsed_ms, self.listening)
         self.ended = False
         self._closed = False
@@ -188,6 +160,7 @@ class ChunkTurns:
         # the next utterance joins it, or it is answered when the patience runs out.
         self._held: OpenTurn | None = None
         self._release: asyncio.TimerHandle | None = None
+        self._held_since = 0.0
 
     def bind(self, emit: Emit, request_close: CloseRequest) -> None:
         self._emit, self._request_close = emit, request_close
@@ -359,16 +332,23 @@ class ChunkTurns:
 
     def _hold(self, turn: OpenTurn) -> None:
         self._held = turn
-        loop = asyncio.get_running_loop()
-        self._release = loop.call_later(settings.TURN_PATIENCE_MS / 1000, self._release_held, turn)
+        self._held_since = time.monotonic()
+        self._release = asyncio.get_running_loop().call_later(HELD_CHECK_SECONDS, self._release_held, turn)
 
     def _release_held(self, turn: OpenTurn) -> None:
-        """The patience ran out with nothing more said: answer the held thought as it stands."""
-        if self._held is turn and not self.stream.in_speech:
+        """Answer the held thought as it stands once the patience has run out with nothing more said:
+        on the stream's own clock (decoding may run behind on a loaded machine: unheard audio is not
+        silence), or on the wall clock, twice over, when the client stopped sending audio at all."""
+        if self._held is not turn:
+            return
+        patience = (self.info.turn_patience_ms or settings.TURN_PATIENCE_MS) / 1000
+        listened = (self.stream.ms_at(self.listening.total) - turn.end_ms) / 1000
+        waited = time.monotonic() - self._held_since
+        if not self.stream.in_speech and (listened >= patience or waited >= 2 * patience):
             with contextlib.suppress(asyncio.QueueFull):
                 self._jobs.put_nowait(("release", turn))
-        elif self._held is turn:  # still talking: look again after another patience
-            self._hold(turn)
+            return
+        self._release = asyncio.get_running_loop().call_later(HELD_CHECK_SECONDS, self._release_held, turn)
 
     async def _answer_held(self, turn: OpenTurn) -> None:
         if self._held is turn:
@@ -463,4 +443,4 @@ class ChunkTurns:
         return default_storage.save(name, ContentFile(audio_utils.wav_bytes(pcm, rate)))
 
 
-__all__ = ["ChunkTurns", "SessionInfo", "StreamState", "load_session_info", "reply_audio_name"]
+__all__ = ["ChunkTurns", "StreamState", "load_call_facts", "reply_audio_name"]

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from lingecho.gc_pauses import freeze_loaded_objects
@@ -139,7 +138,7 @@ def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engi
     """One call's engines: the scenario's ASR/TTS over the process's executors, VAD and offline models.
 
     ``scenario``: anything with the override fields (``asr_engine``, ``tts_engine``), a Scenario
-    or the chunk path's session info. ``base`` (default: the process's engines) supplies
+    or a session's ``roleplay.selectors.CallFacts``. ``base`` (default: the process's engines) supplies
     everything shared; an offline selection returns ``base``'s own engines, so an offline call
     costs nothing extra.
     """
@@ -148,20 +147,6 @@ def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engi
     selected = engines_for_scenario(scenario, on_failure=on_failure, offline_asr_engine=base.asr,
                                     offline_tts_engine=base.tts)
     return dataclasses.replace(base, asr=selected.asr, tts=selected.tts)
-
-
-@database_sync_to_async
-def _scenario_of(session_id: str) -> Any:
-    from roleplay.models import RealtimeSession
-
-    return RealtimeSession.objects.select_related("scenario").get(pk=session_id).scenario
-
-
-async def engines_for_call(session_id: str, *, on_error: ErrorSink | None = None,
-                           base: Engines | None = None) -> Engines:
-    """:func:`call_engines` for a session's scenario (read from the database)."""
-    scenario = await _scenario_of(session_id)
-    return call_engines(scenario, on_error=on_error, base=base)
 
 
 _warm = threading.Lock()

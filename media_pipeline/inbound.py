@@ -97,13 +97,14 @@ class InboundAudio:
         interim_interval_ms: int = 500,
         vad_threshold: float = 0.5,
         max_utterance_ms: int = 30000,
+        patience_ms: int | None = None,
     ) -> None:
         self.engines = engines
         self.listener = listener
         self.session_ms = session_ms  # monotonic time -> session-relative ms
         self.record = record
         self.listening = Listening(engines, vad_threshold=vad_threshold, end_silence_ms=end_silence_ms,
-                                   max_utterance_ms=max_utterance_ms)
+                                   max_utterance_ms=max_utterance_ms, patience_ms=patience_ms)
         self.detector = self.listening.detector
         self.interim_samples = interim_interval_ms * RATE // 1000
         self.max_utterance_samples = self.listening.max_utterance_samples
@@ -275,6 +276,11 @@ class InboundAudio:
                 for event in self.detector.finish():
                     self._on_event(event)
             self._after_batch()
+
+    @property
+    def vad_position(self) -> int:
+        """Stream samples the VAD has scored: how far the ears have listened (behind ``total`` under load)."""
+        return self._position()
 
     def _position(self) -> int:
         return self.detector.endpointer.window_index * self.detector.endpointer.window_samples

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,40 +25,22 @@ from django.utils import timezone
 
 from media_pipeline import contract
 from media_pipeline.contract import ErrorCode
-from media_pipeline.engine_pool import Engines, engines_for_call, get_engines
+from media_pipeline.engine_pool import Engines, call_engines, get_engines
 from media_pipeline.inbound import InboundAudio
 from media_pipeline.outbound import OutboundAudioTrack
 from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
 from media_pipeline.recording import CallRecorder
 from media_pipeline.speaking import Speaker, playback_facts, text_once
 from media_pipeline.voice_turns import VoiceTurns
-from roleplay import services
+from roleplay import selectors, services
 from roleplay.models import RealtimeSession, Utterance
+from roleplay.selectors import CallFacts
 
 log = logging.getLogger(__name__)
 
 ICE_CONNECT_TIMEOUT_SECONDS = settings.ICE_CONNECT_TIMEOUT_SECONDS  # read once at import (tests patch this name)
 # On hang-up, how long in-flight turns get to persist what the trainee saw and heard.
 CLOSE_GRACE_SECONDS = 3.0
-
-
-@dataclass
-class CallInfo:
-    started_at: Any
-    language: str
-    voice: str
-    ended: bool
-
-
-@database_sync_to_async
-def load_call_info(session_id: str) -> CallInfo:
-    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
-    return CallInfo(
-        started_at=session.started_at,
-        language=session.scenario.language,
-        voice=session.scenario.voice,
-        ended=session.state == RealtimeSession.State.ENDED,
-    )
 
 
 @database_sync_to_async
@@ -84,7 +65,7 @@ class CallSession:
         self.inbound: InboundAudio | None = None
         self.recorder: CallRecorder | None = None
         self.negotiated: Negotiated | None = None
-        self.info: CallInfo | None = None
+        self.info: CallFacts | None = None
         self.t0 = time.monotonic()
         self.connected = False
         self.mode = "auto"
@@ -134,6 +115,10 @@ class CallSession:
         return self.info.language if self.info else "en"
 
     @property
+    def patience_ms(self) -> int:
+        return (self.info.turn_patience_ms if self.info else None) or settings.TURN_PATIENCE_MS
+
+    @property
     def barge_in_stop_ms(self) -> float | None:
         """The last barge-in: stop asked → playback stopped (ms)."""
         return self.speaker.barge_in_stop_ms
@@ -179,7 +164,7 @@ class CallSession:
         )
         if self.info is None:
             try:
-                self.info = await load_call_info(self.session_id)
+                self.info = await database_sync_to_async(selectors.session_call_facts)(session_id=self.session_id)
             except RealtimeSession.DoesNotExist:
                 await self.error(ErrorCode.SESSION_NOT_FOUND, "No such session.")
                 await self.close("error")
@@ -189,7 +174,7 @@ class CallSession:
             self.recorder = CallRecorder(self.session_id, continue_stored=True)
             self.recorder.start(lambda: self.session_ms(time.monotonic()))
             # The scenario's engines (cloud ones wrapped with the offline ones behind them).
-            self.engines = await engines_for_call(self.session_id, on_error=self.turns.on_error, base=self.engines)
+            self.engines = call_engines(self.info, on_error=self.turns.on_error, base=self.engines)
         if self.info.ended:
             await self.error(ErrorCode.SESSION_NOT_FOUND, "This session has ended.", {"reason": "ended"})
             return
@@ -204,6 +189,7 @@ class CallSession:
                 interim_interval_ms=settings.INTERIM_INTERVAL_MS,
                 vad_threshold=settings.VAD_THRESHOLD,
                 max_utterance_ms=settings.MAX_AUDIO_DURATION_MS,
+                patience_ms=self.info.turn_patience_ms,
             )
         self.inbound.detach_tracks()
         pc = new_peer_connection()

@@ -35,6 +35,7 @@ from media_pipeline.joining import OpenTurn, is_backchannel, trailing_cue
 from media_pipeline.outbound import OutboundAudioTrack
 from media_pipeline.speaking import Speaker, playback_facts
 from roleplay import conversation, services
+from roleplay.audio_format import SAMPLE_RATE as RATE
 from roleplay.errors import SessionEnded
 from roleplay.models import Utterance
 
@@ -53,6 +54,7 @@ class TurnsHost(Protocol):
     closed: bool
     voice: str
     language: str
+    patience_ms: int  # the longest pause inside a turn (the scenario's, else TURN_PATIENCE_MS)
 
     def session_ms(self, monotonic: float) -> int: ...
     async def emit(self, message_type: str, data: dict[str, Any]) -> None: ...
@@ -151,7 +153,7 @@ class VoiceTurns:
                             turn_end=_turn_end(result))
             self._open_turn = held
             self.on_interim(result.result_id, result.text, result.confidence)
-            host.spawn(self._answer_if_abandoned(held, settings.TURN_PATIENCE_MS / 1000))
+            host.spawn(self._answer_if_abandoned(held, host.patience_ms / 1000))
             return
         host.spawn(host.emit("asr_result", final_data(result)))
         if result.text:
@@ -195,7 +197,7 @@ class VoiceTurns:
         self._open_turn = answering
         metrics.TURN_YIELDS.inc()
         self.host.speaker.withdraw(answering.response_id, at)
-        self.host.spawn(self._answer_if_abandoned(answering, (settings.TURN_PATIENCE_MS + 1000) / 1000))
+        self.host.spawn(self._answer_if_abandoned(answering, (self.host.patience_ms + 1000) / 1000))
 
     def _release(self, turn: OpenTurn, latest: FinalResult) -> None:
         """Answer an open turn as it stands (its final is sent now unless it was sent before the yield)."""
@@ -206,14 +208,21 @@ class VoiceTurns:
 
     async def _answer_if_abandoned(self, turn: OpenTurn, wait: float) -> None:
         """Nothing more came (a yield for a cough, a held "and…" then silence): answer the open turn
-        once the trainee has been quiet for ``wait`` seconds."""
+        once the trainee has been quiet for ``wait`` seconds of *listened* audio — on the VAD's own
+        clock, so a loaded machine whose VAD runs behind never mistakes unheard speech for silence —
+        or, when no audio arrives at all (a muted microphone), for twice that on the wall clock."""
+        inbound = self.host.inbound
+        quiet_from = inbound.vad_position if inbound is not None else 0
         quiet_since = time.monotonic()
         while self._open_turn is turn and not self.host.closed:
             await asyncio.sleep(0.1)
             inbound = self.host.inbound
-            if inbound is not None and (inbound.detector.in_speech or inbound.utt_start is not None):
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= wait and self._open_turn is turn:
+            speaking = inbound is not None and (inbound.detector.in_speech or inbound.utt_start is not None)
+            if speaking:
+                quiet_from, quiet_since = inbound.vad_position, time.monotonic()
+                continue
+            listened = (inbound.vad_position - quiet_from) / RATE if inbound is not None else 0.0
+            if (listened >= wait or time.monotonic() - quiet_since >= 2 * wait) and self._open_turn is turn:
                 self._open_turn = None
                 now = time.monotonic()
                 self._release(turn, FinalResult(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import Max, Q, QuerySet
+from django.utils import timezone
 
 from roleplay.dialog.base import ObjectionBrief, ScenarioBrief, Turn
 from roleplay.errors import NotFound, SessionNotFound
@@ -119,3 +121,42 @@ def best_scores(*, user: User) -> dict[int, float]:
         for r in rows
         if r["best"] is not None or r["best_override"] is not None
     }
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """What the media side needs to know of a session to run its call, read once (no ORM objects
+    held by a call): the scenario's language, voice, engines, limits and turn-taking patience."""
+
+    session_id: str
+    started_at: datetime
+    ended: bool
+    language: str
+    voice: str
+    max_turns: int
+    asr_engine: str
+    tts_engine: str
+    video_name: str
+    turn_patience_ms: int | None
+
+    def elapsed_ms(self) -> int:
+        """Milliseconds since the session started: the call's timeline (utterances, recording)."""
+        return max(0, int((timezone.now() - self.started_at).total_seconds() * 1000))
+
+
+def session_call_facts(*, session_id: str) -> CallFacts:
+    """Raises ``RealtimeSession.DoesNotExist`` for an unknown session."""
+    session = RealtimeSession.objects.select_related("scenario").get(pk=session_id)
+    scenario = session.scenario
+    return CallFacts(
+        session_id=session.pk,
+        started_at=session.started_at,
+        ended=session.state == RealtimeSession.State.ENDED,
+        language=scenario.language,
+        voice=scenario.voice,
+        max_turns=scenario.max_turns,
+        asr_engine=scenario.asr_engine,
+        tts_engine=scenario.tts_engine,
+        video_name=scenario.avatar_video.name if scenario.avatar_video else "",
+        turn_patience_ms=scenario.turn_patience_ms,
+    )

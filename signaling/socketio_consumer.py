@@ -29,7 +29,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from media_pipeline.chunk_turns import ChunkTurns, load_session_info
+from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
 from media_pipeline.webm_stream import FORMATS, AudioDecodeError
 from signaling import gateway, shutdown
 from signaling.auth import AUTH_UNAVAILABLE, AuthUnavailable, query_params, user_from_token
@@ -233,7 +233,7 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
         info = await gateway.open_session(user=self.user, scenario_id=str(scenario_id),
                                           transport=gateway.Transport.CHUNK)
         session_id = info.session_id
-        turns = ChunkTurns(await load_session_info(session_id), audio_config)
+        turns = ChunkTurns(await load_call_facts(session_id), audio_config)
         await turns.save_metadata()
         chunk = self._open(turns, audio_config)
         started = self._started_payload(info, audio_config, resumed=False, next_offset=0)
@@ -249,7 +249,7 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
         stream_reset = chunk is None
         if chunk is None:
             # This process never had the session (or restarted): the recorder must start a new stream.
-            turns = ChunkTurns(await load_session_info(session_id), audio_config)
+            turns = ChunkTurns(await load_call_facts(session_id), audio_config)
             chunk = self._open(turns, audio_config)
         elif chunk.user_id != self.user.pk:
             raise gateway.refused(gateway.Transport.CHUNK, gateway.Refusal.SESSION_NOT_FOUND, "No such session.",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
 
-from media_pipeline.chunk_turns import ChunkTurns, load_session_info
+from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
 from roleplay import services
 from roleplay.models import RealtimeSession
 from tests.audio_fixtures import speak_pcm16
@@ -68,7 +68,7 @@ async def say(turns: ChunkTurns, text: str) -> None:
 async def test_it_answers_a_zh_chunk_turn_and_reports_dead_engines_with_their_codes(fakes, zh_session, monkeypatch):
     # After-call processing is another area's job and would outlive this test's database.
     monkeypatch.setattr(services, "_dispatch_post_session", lambda session_id: None)
-    info = await load_session_info(zh_session.pk)
+    info = await load_call_facts(zh_session.pk)
     turns = ChunkTurns(info, {"format": "pcm16", "sampleRate": 16000})
     events = Events()
     turns.bind(events.emit, _close)

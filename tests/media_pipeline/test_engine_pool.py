@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from media_pipeline import engine_pool
-from media_pipeline.chunk_turns import ChunkTurns, load_session_info
+from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
 from media_pipeline.engines.asr.faster_whisper import FasterWhisperEngine
 from roleplay import services
 from roleplay.models import RealtimeSession
@@ -76,7 +76,7 @@ async def chunk_turn(session: RealtimeSession, text: str) -> dict[str, Any]:
     async def emit(name: str, data: dict[str, Any]) -> None:
         events.append((name, data))
 
-    turns = ChunkTurns(await load_session_info(session.pk), {"format": "pcm16", "sampleRate": 16000})
+    turns = ChunkTurns(await load_call_facts(session.pk), {"format": "pcm16", "sampleRate": 16000})
     turns.bind(emit, _closed)
     try:
         pcm = speak_pcm16(text).astype("<i2").tobytes() + np.zeros(16000, "<i2").tobytes()
