@@ -319,7 +319,7 @@ ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # Admission control: a media worker holding this many calls refuses the next offer (or, scaled,
 # passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the
 # calls in progress keep their latency. 0 = no limit. Default from bench/capacity.py (docs/performance.md).
-MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 12, minimum=0, maximum=10_000)
+MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 6, minimum=0, maximum=10_000)
 CAPACITY_RETRY_AFTER_SECONDS = envint("CAPACITY_RETRY_AFTER_SECONDS", 30, minimum=1, maximum=3600)
 # lingecho.server moves long-lived objects out of full GC passes this often (0 = off) and runs one
 # full collection (a pause of ~0.1 s per 1,000 open sockets) this often (lingecho.gc_pauses).

@@ -97,6 +97,7 @@ class MediaWorker:
         self.last_tick: float | None = None
         self._tasks: list[asyncio.Task] = []
         self._beat_stop = threading.Event()
+        self._beat_lock = threading.Lock()
         self._beat_thread: threading.Thread | None = None
         self.draining = False
         self._shared: asyncio.Task | None = None
@@ -128,8 +129,14 @@ class MediaWorker:
 
     def stop_heartbeat(self) -> None:
         self._beat_stop.set()
-        with contextlib.suppress(Exception):
+        with self._beat_lock, contextlib.suppress(Exception):
             heartbeat.withdraw_heartbeat(worker_id=self.worker_id)
+
+    def _publish_if_beating(self) -> None:
+        """A call-count update, unless the heartbeat was withdrawn meanwhile (no ghost of a stopped worker)."""
+        with self._beat_lock:
+            if not self._beat_stop.is_set():
+                self.publish()
 
     async def ensure_started(self, *, serve_shared: bool = False) -> None:
         """Start the pinned-channel loop (and, embedded, the shared-channel loop) on this event loop."""
@@ -348,7 +355,7 @@ class MediaWorker:
         """Publish the heartbeat now (off the loop: a cache write) so the others see the new call count."""
         if self.loop is not None and not self.draining:
             with contextlib.suppress(RuntimeError):  # the loop is closing: the beat thread carries on
-                self.loop.run_in_executor(None, self.publish)
+                self.loop.run_in_executor(None, self._publish_if_beating)
 
     def _forget(self, call: CallSession) -> None:
         if self.sessions.get(call.session_id) is call:
