@@ -16,6 +16,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from roleplay import lifecycle, recording_segments
+from roleplay.after_call.job import AWAITING_RECORDING
 from roleplay.errors import LiveSessionLimit, PermissionDenied, SessionEnded, SessionNotFound, SessionNotResumable
 from roleplay.models import RealtimeSession, ReviewComment, Scenario, SessionAnalytics, User, Utterance
 
@@ -123,9 +124,13 @@ def session_end(*, session: RealtimeSession, reason: str) -> RealtimeSession:
         locked.state = RealtimeSession.State.ENDED
         locked.end_reason = reason
         locked.ended_at = timezone.now()
-        locked.save(update_fields=["state", "end_reason", "ended_at"])
-        if not recording_segments.writer_active(locked.pk):
+        fields = ["state", "end_reason", "ended_at"]
+        if recording_segments.writer_active(locked.pk):
+            locked.processing_detail = AWAITING_RECORDING  # the sweeper's cue if that recorder dies
+            fields.append("processing_detail")
+        else:
             transaction.on_commit(lambda: _dispatch_post_session(locked.pk))
+        locked.save(update_fields=fields)
     logger.info("session ended", extra={"session_id": locked.pk, "reason": reason})
     return locked
 

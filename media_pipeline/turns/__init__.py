@@ -43,8 +43,9 @@ def load_turn_detector(choice: str | None = None) -> TurnDetector | None:
 
 
 def turn_policy(detector: Any, *, end_silence_ms: int | None = None, patience_ms: int | None = None) -> TurnPolicy:
-    """One stream's policy: the smart detector if the process has one, else today's fixed silence."""
-    if detector is None:
+    """One stream's policy: the smart detector if the process has one and ``TURN_DETECTOR`` is not
+    ``silence`` now (so the setting also holds per call), else today's fixed silence."""
+    if detector is None or getattr(settings, "TURN_DETECTOR", "auto") == "silence":
         silence = settings.ENDPOINT_SILENCE_MS if end_silence_ms is None else end_silence_ms
         return TurnPolicy(SilenceDetector(), ask_silence_ms=silence, patience_ms=silence, threshold=0.5)
     return TurnPolicy(

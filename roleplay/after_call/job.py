@@ -58,6 +58,9 @@ TRANSIENT_ERRORS = _transient_errors()
 RECORDING_SAVE_STALE = timedelta(minutes=10)
 
 ORPHANS_PER_SWEEP = 500
+# ``processing_detail`` of an ended session whose dispatch waits for its recorder (services.session_end):
+# no dispatch is queued for it, so the sweeper takes it as soon as no writer holds the recording.
+AWAITING_RECORDING = "waiting for the recording"
 
 
 class Superseded(Exception):
@@ -165,7 +168,9 @@ def processing_orphans_claim(*, every_unfinished: bool = False) -> tuple[list[st
     """Take over after-call jobs nobody is running; returns (never started, lease expired) session ids.
 
     Never started: ended more than ``POSTPROCESS_SWEEP_GRACE_SECONDS`` ago and still pending (a lost
-    dispatch, a broker outage). Lease expired: RUNNING past its lease (the worker died). Each one
+    dispatch, a broker outage), or at once when its dispatch was left to a recorder
+    (``AWAITING_RECORDING``) that no longer holds its lease (the media worker died). Lease expired:
+    RUNNING past its lease (the worker died). Each one
     gets a fresh lease by a conditional update, so when two sweepers race only one dispatches it.
     ``every_unfinished`` takes every pending or running job at once, whatever its age or lease: for
     the start-up of a process that owns all after-call work (the embedded default), when whatever the
@@ -180,7 +185,8 @@ def processing_orphans_claim(*, every_unfinished: bool = False) -> tuple[list[st
     if every_unfinished:
         candidates = ended.filter(pending | running)
     else:
-        candidates = ended.filter((pending & Q(ended_at__lt=grace_cutoff)) | running).filter(unclaimed)
+        awaiting = Q(processing_detail=AWAITING_RECORDING)
+        candidates = ended.filter((pending & (Q(ended_at__lt=grace_cutoff) | awaiting)) | running).filter(unclaimed)
     rows = list(candidates.order_by("ended_at").values_list("pk", "processing")[:ORPHANS_PER_SWEEP])
     never_started: list[str] = []
     lease_expired: list[str] = []
