@@ -125,6 +125,7 @@ class InboundAudio:
         self.interim_count = 0
         self._interims_started = 0
         self._last_interim_at = 0
+        self._interim_end = 0
         self._interim_task: asyncio.Task | None = None
         self._final: tuple[tuple[int, int], asyncio.Task] | None = None
         self._final_order = asyncio.Lock()
@@ -291,6 +292,7 @@ class InboundAudio:
         self.interim_count = 0
         self._interims_started = 0
         self._last_interim_at = start or 0
+        self._interim_end = 0  # stream sample the newest interim shown covers (never show an older one)
 
     def _on_event(self, event: VADEvent) -> None:
         manual = self.active and self.mode == "manual"
@@ -329,11 +331,14 @@ class InboundAudio:
         """
         if task.cancelled() or task.exception() is not None:
             return
-        pending = self._final
-        if pending is None or pending[0] != key or result_id != self.result_id:
+        # Still worth showing after a ``speech_resumed`` (a breath): it is a true partial of this
+        # utterance, unless a later interim already covers more of it. In fluent speech with short
+        # breaths this is often the only partial a turn would otherwise get.
+        if result_id != self.result_id or key[1] <= self._interim_end:
             return
         transcript, _ = task.result()
         if not transcript.is_empty:
+            self._interim_end = key[1]
             self.listening.hear_words(transcript.text, key[1], self.language)
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
@@ -388,7 +393,9 @@ class InboundAudio:
             transcript, _ = await self._decode(start, end)
         except Exception:  # noqa: BLE001 - an interim is best effort
             return
-        if result_id == self.result_id and self.utt_start is not None and not transcript.is_empty:
+        if (result_id == self.result_id and self.utt_start is not None and not transcript.is_empty
+                and end > self._interim_end):
+            self._interim_end = end
             self.listening.hear_words(transcript.text, end, self.language)  # the end-of-turn word cue
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
