@@ -93,8 +93,7 @@ async def test_the_buyer_yields_when_the_trainee_goes_on_right_after_it_starts(m
     client = VoiceClient("pcma")
     try:
         await start(contract_peer, client)
-        client.track.play(speak("Hello Margaret.", rate=RATE))
-        client.track.play(silence(900, RATE))
+        client.track.play(speak("Hello Margaret.", rate=RATE))  # then silence until we speak again
         first = await contract_peer.expect("asr_result", timeout=20)
         await contract_peer.expect("tts_start", timeout=20)
         client.track.play(speak("How much time does your team spend on invoices?", rate=RATE))
