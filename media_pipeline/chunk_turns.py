@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
@@ -42,7 +41,7 @@ from media_pipeline import audio as audio_utils
 from media_pipeline.contract import ErrorCode, now_ms
 from media_pipeline.engine_pool import call_engines, get_engines, start_warm_up
 from media_pipeline.executor import EngineBusy
-from media_pipeline.joining import OpenTurn, trailing_cue
+from media_pipeline.joining import OpenTurn, trailing_cue, turn_end_facts
 from media_pipeline.listening import Listening, Segment, heard
 from media_pipeline.recording import CallRecorder
 from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
@@ -145,7 +144,7 @@ class ChunkTurns:
         # reach this client as protocol errors).
         start_warm_up()
         self.engines = call_engines(info, on_error=self._engine_error, base=get_engines())
-        self.listening = Listening(self.engines, patience_ms=info.turn_patience_ms)
+        self.listening = Listening(self.engines, patience_ms=info.patience_ms)
         self.stream = StreamState(audio_config, self.recorder, info.elapsed_ms, self.listening)
         self.ended = False
         self._closed = False
@@ -312,7 +311,7 @@ class ChunkTurns:
             if held is not None:  # the "more" was nothing after all: answer what was said
                 await self._answer(held, asr_ms=asr_ms, trigger=segment)
             return
-        decided = segment.turn.as_dict() if segment.turn is not None else {}
+        decided = turn_end_facts(segment.turn)
         turn = OpenTurn(result_id="", text=said.text, start_ms=said.start_ms, end_ms=said.end_ms,
                         confidence=said.confidence, language=said.language, turn_end=decided)
         if held is not None:
@@ -341,7 +340,7 @@ class ChunkTurns:
         silence), or on the wall clock, twice over, when the client stopped sending audio at all."""
         if self._held is not turn:
             return
-        patience = (self.info.turn_patience_ms or settings.TURN_PATIENCE_MS) / 1000
+        patience = self.info.patience_ms / 1000
         listened = (self.stream.ms_at(self.listening.total) - turn.end_ms) / 1000
         waited = time.monotonic() - self._held_since
         if not self.stream.in_speech and (listened >= patience or waited >= 2 * patience):

@@ -19,9 +19,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from media_pipeline.turns.base import TurnDecision
 from media_pipeline.turns.words import is_backchannel, trailing_cue
 
-__all__ = ["OpenTurn", "is_backchannel", "join_text", "trailing_cue"]
+__all__ = ["OpenTurn", "is_backchannel", "join_text", "joined_facts", "trailing_cue", "turn_end_facts"]
+
+
+def turn_end_facts(decision: TurnDecision | None) -> dict[str, Any]:
+    """How one utterance's end was decided, as stored on the utterance (``Utterance.turn_end``)."""
+    return decision.as_dict() if decision is not None else {}
+
+
+def joined_facts(earlier: dict[str, Any], latest: dict[str, Any]) -> dict[str, Any]:
+    """The end facts of a turn that took several utterances: the last decision (or the earlier one
+    if the last has none), counting the utterances ``joined`` into it."""
+    facts = dict(latest or earlier)
+    if facts:
+        facts["joined"] = earlier.get("joined", 0) + 1
+    return facts
 
 
 def join_text(first: str, more: str, language: str = "en") -> str:
@@ -59,8 +74,6 @@ class OpenTurn:
                turn_end: dict[str, Any] | None = None) -> OpenTurn:
         """This turn with ``text`` said after it: one utterance with the first one's id and start,
         and the last one's end decision (``turn_end``), counting the utterances ``joined`` into it."""
-        facts = dict(turn_end or self.turn_end)
-        if facts:
-            facts["joined"] = self.turn_end.get("joined", 0) + 1
         return replace(self, text=join_text(self.text, text, language), end_ms=max(self.end_ms, end_ms),
-                       confidence=min(self.confidence, confidence), response_id="", turn_end=facts)
+                       confidence=min(self.confidence, confidence), response_id="",
+                       turn_end=joined_facts(self.turn_end, turn_end or {}))

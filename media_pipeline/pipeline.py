@@ -116,7 +116,7 @@ class CallSession:
 
     @property
     def patience_ms(self) -> int:
-        return (self.info.turn_patience_ms if self.info else None) or settings.TURN_PATIENCE_MS
+        return self.info.patience_ms if self.info else settings.TURN_PATIENCE_MS
 
     @property
     def barge_in_stop_ms(self) -> float | None:
@@ -189,7 +189,7 @@ class CallSession:
                 interim_interval_ms=settings.INTERIM_INTERVAL_MS,
                 vad_threshold=settings.VAD_THRESHOLD,
                 max_utterance_ms=settings.MAX_AUDIO_DURATION_MS,
-                patience_ms=self.info.turn_patience_ms,
+                patience_ms=self.info.patience_ms,
             )
         self.inbound.detach_tracks()
         pc = new_peer_connection()

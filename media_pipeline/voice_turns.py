@@ -31,7 +31,7 @@ from media_pipeline import metrics
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
 from media_pipeline.inbound import FinalResult, InboundAudio
-from media_pipeline.joining import OpenTurn, is_backchannel, trailing_cue
+from media_pipeline.joining import OpenTurn, is_backchannel, joined_facts, trailing_cue, turn_end_facts
 from media_pipeline.outbound import OutboundAudioTrack
 from media_pipeline.speaking import Speaker, playback_facts
 from roleplay import conversation, services
@@ -84,11 +84,6 @@ async def _settled(task: asyncio.Task) -> Any:
         return None
 
 
-def _turn_end(result: FinalResult) -> dict[str, Any]:
-    """The end-of-turn facts of a final, for the utterance (``Utterance.turn_end``)."""
-    return result.turn.as_dict() if result.turn is not None else {}
-
-
 def final_data(result: FinalResult) -> dict[str, Any]:
     """The protocol's ``asr_result`` data for a final."""
     return {"result_id": result.result_id, "text": result.text, "is_final": True,
@@ -100,6 +95,15 @@ def _as_final(turn: OpenTurn, latest: FinalResult) -> FinalResult:
     return dataclasses.replace(latest, text=turn.text, result_id=turn.result_id, start_ms=turn.start_ms,
                                end_ms=turn.end_ms, confidence=turn.confidence, language=turn.language,
                                stream_start_ms=turn.stream_start_ms, stream_end_ms=turn.stream_end_ms)
+
+
+def _final_now(turn: OpenTurn) -> FinalResult:
+    """An open turn as a final decided now (nothing more came, so there is no later final to time it)."""
+    now = time.monotonic()
+    return FinalResult(text=turn.text, confidence=turn.confidence, language=turn.language, start_ms=turn.start_ms,
+                       end_ms=turn.end_ms, result_id=turn.result_id, stream_start_ms=turn.stream_start_ms,
+                       stream_end_ms=turn.stream_end_ms, interim_count=0, last_voiced_at=now, decided_at=now,
+                       ready_at=now)
 
 
 class VoiceTurns:
@@ -139,7 +143,7 @@ class VoiceTurns:
                 self._release(continues, result)
                 return
             joined = continues.joined(result.text, end_ms=result.end_ms, confidence=result.confidence,
-                                      language=result.language, turn_end=_turn_end(result))
+                                      language=result.language, turn_end=turn_end_facts(result.turn))
             result = dataclasses.replace(
                 result, text=joined.text, result_id=joined.result_id, start_ms=joined.start_ms,
                 confidence=joined.confidence, stream_start_ms=continues.stream_start_ms)
@@ -150,7 +154,7 @@ class VoiceTurns:
                             end_ms=result.end_ms, confidence=result.confidence, language=result.language,
                             utterance_id=continues.utterance_id if continues else None,
                             stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms,
-                            turn_end=_turn_end(result))
+                            turn_end=turn_end_facts(result.turn))
             self._open_turn = held
             self.on_interim(result.result_id, result.text, result.confidence)
             host.spawn(self._answer_if_abandoned(held, host.patience_ms / 1000))
@@ -199,9 +203,12 @@ class VoiceTurns:
         self.host.speaker.withdraw(answering.response_id, at)
         self.host.spawn(self._answer_if_abandoned(answering, (self.host.patience_ms + 1000) / 1000))
 
-    def _release(self, turn: OpenTurn, latest: FinalResult) -> None:
-        """Answer an open turn as it stands (its final is sent now unless it was sent before the yield)."""
-        final = _as_final(turn, latest)
+    def _release(self, turn: OpenTurn, latest: FinalResult | None = None) -> None:
+        """Answer an open turn as it stands (its final is sent now unless it was sent before the yield).
+
+        ``latest``: the final that said nothing more (its timings are kept); None when nothing came.
+        """
+        final = _as_final(turn, latest) if latest is not None else _final_now(turn)
         if turn.utterance_id is None:
             self.host.spawn(self.host.emit("asr_result", final_data(final)))
         self._queue.put_nowait((final, turn))
@@ -224,12 +231,7 @@ class VoiceTurns:
             listened = (inbound.vad_position - quiet_from) / RATE if inbound is not None else 0.0
             if (listened >= wait or time.monotonic() - quiet_since >= 2 * wait) and self._open_turn is turn:
                 self._open_turn = None
-                now = time.monotonic()
-                self._release(turn, FinalResult(
-                    text=turn.text, confidence=turn.confidence, language=turn.language, start_ms=turn.start_ms,
-                    end_ms=turn.end_ms, result_id=turn.result_id, stream_start_ms=turn.stream_start_ms,
-                    stream_end_ms=turn.stream_end_ms, interim_count=0, last_voiced_at=now, decided_at=now,
-                    ready_at=now))
+                self._release(turn)
 
     async def _confirm_words(self) -> None:
         """Decode what the trainee has said over the buyer so far; real words (not "yeah") stop the buyer."""
@@ -275,9 +277,9 @@ class VoiceTurns:
         metrics.ENDPOINTING_DELAY_SECONDS.observe(result.endpointing_ms / 1000)
         metrics.ASR_FINAL_LATENCY_SECONDS.labels(engine=host.engines.asr.name).observe(result.asr_final_ms / 1000)
         # The last pause's decision; a turn that took several utterances says how many were joined.
-        turn_end = _turn_end(result) or (dict(continues.turn_end) if continues else {})
-        if continues is not None and turn_end:
-            turn_end["joined"] = continues.turn_end.get("joined", 0) + 1
+        turn_end = turn_end_facts(result.turn)
+        if continues is not None:
+            turn_end = joined_facts(continues.turn_end, turn_end)
         if continues is not None and continues.utterance_id is not None:
             # The rest of a thought the buyer yielded to: the same utterance, the same turn count.
             trainee_id = continues.utterance_id

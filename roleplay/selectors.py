@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
@@ -138,6 +139,11 @@ class CallFacts:
     tts_engine: str
     video_name: str
     turn_patience_ms: int | None
+
+    @property
+    def patience_ms(self) -> int:
+        """The longest pause inside a trainee turn on this call: the scenario's, else ``TURN_PATIENCE_MS``."""
+        return self.turn_patience_ms or settings.TURN_PATIENCE_MS
 
     def elapsed_ms(self) -> int:
         """Milliseconds since the session started: the call's timeline (utterances, recording)."""
