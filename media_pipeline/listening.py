@@ -75,6 +75,35 @@ WORDS_FRESH_SAMPLES = RATE // 5
 EARLY_AFTER_SAMPLES = 512
 
 
+class SampleWindow:
+    """The recent samples of one stream, addressed by stream offset: appended in pieces, sliced, and
+    forgotten from the front. Not thread-safe: one owner thread (listening keeps two, one per half)."""
+
+    def __init__(self) -> None:
+        self._pieces: list[np.ndarray] = []
+        self.start = 0  # stream offset of the first sample still held
+        self.total = 0  # samples appended since the stream began
+
+    def append(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._pieces.append(samples)
+            self.total += samples.size
+
+    def slice(self, start: int, end: int) -> np.ndarray:
+        """Samples ``[start, end)`` of the stream, clipped to what is still held."""
+        start, end = max(start, self.start), min(end, self.total)
+        if end <= start:
+            return np.zeros(0, dtype=np.float32)
+        if len(self._pieces) > 1:
+            self._pieces = [np.concatenate(self._pieces)]
+        return self._pieces[0][start - self.start : end - self.start]
+
+    def forget_before(self, offset: int) -> None:
+        """Drop whole pieces that end at or before stream ``offset``."""
+        while self._pieces and self.start + self._pieces[0].size <= offset:
+            self.start += self._pieces.pop(0).size
+
+
 @dataclass(frozen=True)
 class Segment:
     """A finished trainee utterance: its audio (pre-roll and tail included) and where it sits (samples)."""
@@ -129,39 +158,33 @@ class Listening:
             ask_silence_ms=self.policy.ask_silence_ms,
             patience_ms=self.policy.patience_ms,
         ), turn_end=self._turn_end)
-        self._scored: list[np.ndarray] = []  # the score half's copy of the last seconds, for the model
-        self._scored_from = 0
-        self._scored_total = 0
+        self._scored = SampleWindow()  # the score half's copy of the last seconds, for the model
         self._words: tuple[str, int, str] = ("", 0, "en")  # (text, stream sample it covers to, language)
         self._early: tuple[tuple[int, int], Future[Verdict], int] | None = None  # (turn, pause), job, start
         self.early_started = 0
         self.early_used = 0
         max_ms = settings.MAX_AUDIO_DURATION_MS if max_utterance_ms is None else max_utterance_ms
         self.max_utterance_samples = max_ms * RATE // 1000
-        self.total = 0  # samples appended since the stream began
-        self._kept: list[np.ndarray] = []
-        self._kept_from = 0  # stream offset of the first kept sample
+        self._kept = SampleWindow()
 
     # --- audio kept for decoding ---------------------------------------------------------------
     @property
     def kept_from(self) -> int:
         """Stream offset of the oldest sample still kept."""
-        return self._kept_from
+        return self._kept.start
+
+    @property
+    def total(self) -> int:
+        """Samples appended since the stream began."""
+        return self._kept.total
 
     def append(self, samples: np.ndarray) -> None:
         """Keep ``samples`` (float32 mono 16 kHz) for decoding; they are not VAD-scored here."""
-        if samples.size:
-            self._kept.append(samples)
-            self.total += samples.size
+        self._kept.append(samples)
 
     def audio(self, start: int, end: int) -> np.ndarray:
         """The kept samples ``[start, end)`` of the stream (clipped to what is still kept)."""
-        start, end = max(start, self._kept_from), min(end, self.total)
-        if end <= start:
-            return np.zeros(0, dtype=np.float32)
-        if len(self._kept) > 1:
-            self._kept = [np.concatenate(self._kept)]
-        return self._kept[0][start - self._kept_from : end - self._kept_from]
+        return self._kept.slice(start, end)
 
     def utterance_audio(self, start: int, end: int) -> np.ndarray:
         """What the ASR decodes for the utterance ``[start, end)``: with pre-roll and tail, capped."""
@@ -174,8 +197,7 @@ class Listening:
         if open_start is not None:
             keep_from = min(keep_from, open_start - PREROLL_SAMPLES)
         keep_from = max(keep_from, self.total - self.max_utterance_samples - RATE)
-        while self._kept and self._kept_from + self._kept[0].size <= keep_from:
-            self._kept_from += self._kept.pop(0).size
+        self._kept.forget_before(keep_from)
 
     # --- VAD -------------------------------------------------------------------------------------
     def score(self, samples: np.ndarray) -> list[VADEvent]:
@@ -199,21 +221,10 @@ class Listening:
 
     def _keep_scored(self, samples: np.ndarray) -> None:
         self._scored.append(np.asarray(samples, dtype=np.float32))
-        self._scored_total += samples.size
-        keep_from = self._scored_total - TURN_WINDOW_SAMPLES - TURN_PRESPEECH_SAMPLES
-        while self._scored and self._scored_from + self._scored[0].size <= keep_from:
-            self._scored_from += self._scored.pop(0).size
-
-    def _scored_audio(self, start: int, end: int) -> np.ndarray:
-        start, end = max(start, self._scored_from), min(end, self._scored_total)
-        if end <= start:
-            return np.zeros(0, dtype=np.float32)
-        if len(self._scored) > 1:
-            self._scored = [np.concatenate(self._scored)]
-        return self._scored[0][start - self._scored_from : end - self._scored_from]
+        self._scored.forget_before(self._scored.total - TURN_WINDOW_SAMPLES - TURN_PRESPEECH_SAMPLES)
 
     def _turn_audio(self, speech_start: int, now: int) -> np.ndarray:
-        return self._scored_audio(max(speech_start - TURN_PRESPEECH_SAMPLES, now - TURN_WINDOW_SAMPLES), now)
+        return self._scored.slice(max(speech_start - TURN_PRESPEECH_SAMPLES, now - TURN_WINDOW_SAMPLES), now)
 
     def _start_early(self) -> None:
         """A pause has begun and is not judged yet: start the model now, on the turn executor."""
@@ -230,7 +241,7 @@ class Listening:
         heard = self._turn_audio(start, now)
         missing = ep.ask_samples() - (now - pause)
         if missing > 0:  # the rest of the pause, as it will sound: the room heard in it so far
-            room = self._scored_audio(pause, now)
+            room = self._scored.slice(pause, now)
             fill = np.resize(room, missing) if room.size else np.zeros(missing, dtype=np.float32)
             heard = np.concatenate([heard, fill.astype(np.float32)])
         if self._early is not None:
