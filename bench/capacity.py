@@ -13,11 +13,21 @@ the whole reply, pauses, and speaks again, ``--turns`` times. Calls arrive sprea
   audible reply;
 - refused calls: the server answered the offer with an error (admission control, ``retry_after``);
 - server CPU per call: utime+stime of the server process (/proc/<pid>/stat) over the talking
-  window, in % of one core, divided by the calls that were let in;
+  window, in % of one core, divided by the calls that were let in; with ``--media-workers K`` the
+  server process and all K worker processes together;
 - server CPU per answered turn (ms of CPU): the same CPU over the turns answered; on a machine
   shared with other work the % figures drop when the server is starved, this one does not;
+- the whole machine's busy CPU over the window (/proc/stat, all cores: callers, server and anything
+  else running), to tell a saturated box from a saturated event loop;
 - RSS per call: (peak RSS during the window − RSS of the idle warm server) / calls let in, and the
   peak itself.
+
+``--media-workers K`` (K > 0) runs the scaled topology instead: the server on the Redis channel
+layer and cache (``--redis-url``, a database of its own, flushed at each start, so it never crosses
+a test run) and K ``manage.py runworker media`` processes, each with its own event loop (one GIL)
+and engines. The bench waits until /readyz counts K live workers and their engines have loaded,
+then prints, per worker, the most calls its heartbeat showed at once, its CPU and its RSS, so one
+sees whether the offers were spread. Without a reachable Redis it says so and exits with status 2.
 
 The callers' own CPU (aiortc, Opus, eSpeak) shares the two cores with the server: that is the
 "callers included" condition of the capacity target, not an accident. They run in
@@ -32,12 +42,21 @@ Options:
   --listen 0             seconds each caller first stays connected and silent (listening) before
                          its turns; ``--turns 0 --listen 20`` measures what idle calls cost
   --reply-timeout 20     seconds a turn waits for its reply before it counts as unanswered
+  --detector silence     the server's end-of-turn detector (TURN_DETECTOR): ``silence`` (default)
+                         ends a turn after ENDPOINT_SILENCE_MS=300 of pause, as both systems did in
+                         the issue's comparison (the like-for-like row); ``smart`` asks Smart Turn
+                         after TURN_ASK_SILENCE_MS and waits out an "incomplete" answer, so its
+                         latency is the product's, not comparable with the issue's figures
   --server-env K=V       extra environment for the server (repeatable), e.g.
                          ``--server-env ENDPOINT_SILENCE_MS=300 --server-env MAX_CALLS_PER_WORKER=0``
   --client-procs 2       processes the callers are spread over
+  --media-workers 0      0: the embedded media worker in the server process (``make run``); K > 0:
+                         the server on Redis and K ``runworker media`` processes (the scaled setup)
+  --redis-url URL        the Redis database for ``--media-workers`` (default redis://127.0.0.1:6379/7)
   --json FILE            also write the rows as JSON (for A/B comparisons)
 
-Run: ``.venv/bin/python bench/capacity.py --calls 1,4,10,12,20 --turns 3``
+Run: ``.venv/bin/python bench/capacity.py --calls 1,4,10,12,20 --turns 3``, or two media workers:
+``.venv/bin/python bench/capacity.py --calls 12 --media-workers 2``
 """
 
 from __future__ import annotations
@@ -61,12 +80,19 @@ from _voice import PHRASES, pct  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+BENCH_REDIS_URL = "redis://127.0.0.1:6379/7"  # not the tests' database (1): a bench never crosses a test run
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (children not included: the server does its work in threads)."""
+    """utime + stime of one process (children not included: server and workers do their work in threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / TICKS
 
 
 def rss_mb(pid: int) -> float:
@@ -121,33 +147,80 @@ async def caller(stack: Any, scenario: int, args: argparse.Namespace, rng: rando
         await client.close()
 
 
+def start_media_workers(stack: Any, count: int) -> None:
+    """``count`` ``runworker media`` processes, live on /readyz and with their engines loaded.
+
+    A worker beats as soon as it boots but loads ASR/VAD/TTS on a background thread for some
+    seconds more (two of them at once on two cores): measure warm, as the embedded server is, by
+    waiting until every worker has been nearly idle (< 15 % of a core) for a second, at most 90 s.
+    """
+    names = [f"media-{k + 1}" for k in range(count)]
+    for name in names:
+        stack.start_worker(name)
+    stack.wait_for_media_workers(count, timeout=120)
+    pids = [stack.procs[name].pid for name in names]
+    deadline = time.monotonic() + 90
+    before = [cpu_seconds(pid) for pid in pids]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        after = [cpu_seconds(pid) for pid in pids]
+        if all(b - a < 0.15 for a, b in zip(before, after, strict=True)):
+            return
+        before = after
+
+
+def worker_calls() -> dict[int, int]:
+    """Live WebRTC calls per media worker process (pid -> calls), from the heartbeats in Redis."""
+    from media_pipeline.heartbeat import live_workers
+
+    counts = {}
+    for worker_id, beat in live_workers().items():
+        pid = worker_id.rsplit("-", 2)[-2]  # <host>-<pid>-<random>
+        if pid.isdigit():
+            counts[int(pid)] = beat.get("calls", 0)
+    return counts
+
+
 async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]) -> dict[str, Any]:
     from tests.media_pipeline.live import LiveStack
 
     tmp = Path(tempfile.mkdtemp(prefix="lingecho-capacity-"))
-    stack = LiveStack(tmp)
+    scaled = args.media_workers > 0
+    stack = LiveStack(tmp, scaled=scaled, redis_url=args.redis_url)
     stack.env.update({"MAX_LIVE_SESSIONS_PER_USER": "1000", **server_env})
     await asyncio.to_thread(stack.start)
     try:
-        pid = stack.procs["daphne"].pid
+        if scaled:
+            await asyncio.to_thread(start_media_workers, stack, args.media_workers)
+        pids = {name: proc.pid for name, proc in stack.procs.items()}  # daphne and media-1..K
         scenario = await asyncio.to_thread(stack.scenario_id)
-        idle_rss = rss_mb(pid)
+        idle_rss = {name: rss_mb(pid) for name, pid in pids.items()}
         out: dict[str, Any] = {"latency": [], "unanswered": 0, "unheard": 0, "errors": [], "refused": [],
-                           "admitted": 0}
-        peak = [idle_rss]
+                               "admitted": 0}
+        peak = {"total": sum(idle_rss.values()), **idle_rss}
+        peak_calls = {pid: 0 for name, pid in pids.items() if name != "daphne"}
 
-        async def sample_rss() -> None:
+        async def sample() -> None:
             while True:
-                peak[0] = max(peak[0], rss_mb(pid))
+                rss = {name: rss_mb(pid) for name, pid in pids.items()}
+                for name, value in rss.items():
+                    peak[name] = max(peak[name], value)
+                peak["total"] = max(peak["total"], sum(rss.values()))
+                if scaled:
+                    for pid, count in (await asyncio.to_thread(worker_calls)).items():
+                        if pid in peak_calls:
+                            peak_calls[pid] = max(peak_calls[pid], count)
                 await asyncio.sleep(0.5)
 
-        sampler = asyncio.ensure_future(sample_rss())
+        sampler = asyncio.ensure_future(sample())
         procs = max(1, min(args.client_procs, calls))
-        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+        box0 = machine_busy_seconds()
         parts = await asyncio.gather(*(client_process(stack, scenario, args, calls * (k + 1) // procs
                                                       - calls * k // procs, seed=calls * 100 + k)
                                        for k in range(procs)))
-        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        cpu1, t1 = {name: cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+        box1 = machine_busy_seconds()
         for part in parts:
             for key in ("latency", "errors", "refused"):
                 out[key] += part[key]
@@ -159,8 +232,11 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
         await asyncio.to_thread(stack.stop)
     admitted = max(1, out["admitted"])
     lat = out["latency"]
+    cpu = {name: cpu1[name] - cpu0[name] for name in pids}
+    total_cpu = sum(cpu.values())
     return {
         "calls": calls,
+        "media_workers": args.media_workers,
         "admitted": out["admitted"],
         "refused": len(out["refused"]),
         "refusal": out["refused"][0] if out["refused"] else None,
@@ -170,11 +246,15 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
         "unanswered": out["unanswered"],
         "unheard": out["unheard"],
         "errors": out["errors"][:3],
-        "cpu_total_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
-        "cpu_per_call_pct": (cpu1 - cpu0) / (t1 - t0) * 100 / admitted,
-        "cpu_ms_per_turn": (cpu1 - cpu0) * 1000 / len(lat) if lat else None,
-        "rss_peak_mb": peak[0],
-        "rss_per_call_mb": (peak[0] - idle_rss) / admitted,
+        "cpu_total_pct": total_cpu / (t1 - t0) * 100,
+        "cpu_per_call_pct": total_cpu / (t1 - t0) * 100 / admitted,
+        "cpu_ms_per_turn": total_cpu * 1000 / len(lat) if lat else None,
+        "rss_peak_mb": peak["total"],
+        "rss_per_call_mb": (peak["total"] - sum(idle_rss.values())) / admitted,
+        "processes": {name: {"cpu_pct": cpu[name] / (t1 - t0) * 100, "rss_peak_mb": peak[name],
+                             **({"peak_calls": peak_calls[pid]} if pid in peak_calls else {})}
+                      for name, pid in pids.items()},
+        "machine_busy_pct": (box1 - box0) / (t1 - t0) * 100,  # all cores, callers and other work included
         "seconds": t1 - t0,
     }
 
@@ -212,9 +292,28 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    if args.media_workers > 0:
+        from tests.media_pipeline.live import redis_reachable
+
+        if not redis_reachable(args.redis_url):
+            print(f"capacity bench: --media-workers {args.media_workers} needs Redis, and {args.redis_url} "
+                  "does not answer (start redis-server, or pass --redis-url)", file=sys.stderr)
+            sys.exit(2)
+        # This process reads the workers' heartbeats from the same Redis cache the stack uses.
+        os.environ["REDIS_URL"] = args.redis_url
+        import django
+
+        django.setup()
     server_env = dict(item.split("=", 1) for item in args.server_env)
     server_env.setdefault("ENDPOINT_SILENCE_MS", "300")
-    print(f"capacity bench: codec {args.codec}, {args.turns} turns per caller, server env {server_env}, "
+    server_env.setdefault("TURN_DETECTOR", args.detector)
+    detector = server_env["TURN_DETECTOR"]
+    rule = (f"a {server_env['ENDPOINT_SILENCE_MS']} ms pause ends the turn" if detector == "silence"
+            else "Smart Turn asked at TURN_ASK_SILENCE_MS, TURN_PATIENCE_MS at most")
+    topology = (f"{args.media_workers} runworker media processes on {args.redis_url}" if args.media_workers
+                else "embedded media worker")
+    print(f"capacity bench: {topology}, end-of-turn detector {detector} ({rule}), "
+          f"codec {args.codec}, {args.turns} turns per caller, server env {server_env}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("| calls | let in / refused | turns | turn p50 / p95 (ms) | unanswered | server CPU total / per call "
           "(% of one core) | CPU per answered turn (ms) | RSS peak / per call (MB) |")
@@ -226,6 +325,13 @@ async def run(args: argparse.Namespace) -> None:
         print(f"| {calls} | {row['admitted']} / {row['refused']} | {row['turns']} | {fmt(row['p50'])} / "
               f"{fmt(row['p95'])} | {row['unanswered']} | {row['cpu_total_pct']:.0f} / {row['cpu_per_call_pct']:.1f} | "
               f"{fmt(row['cpu_ms_per_turn'])} | {row['rss_peak_mb']:.0f} / {row['rss_per_call_mb']:.1f} |", flush=True)
+        print(f"  whole machine busy {row['machine_busy_pct']:.0f} % of one core ({os.cpu_count()} cores: callers, "
+              "server, workers and anything else running)", flush=True)
+        if args.media_workers:
+            print("  per process (CPU % of one core, RSS peak MB, most live calls at once):",
+                  "; ".join(f"{name} {p['cpu_pct']:.0f} %, {p['rss_peak_mb']:.0f} MB"
+                            + (f", {p['peak_calls']} calls" if "peak_calls" in p else "")
+                            for name, p in row["processes"].items()), flush=True)
         for err in row["errors"]:
             print("  error:", err)
         if row["refusal"]:
@@ -242,8 +348,11 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=3.0)
     parser.add_argument("--listen", type=float, default=0.0)
     parser.add_argument("--reply-timeout", type=float, default=20.0)
+    parser.add_argument("--detector", choices=("silence", "smart", "auto"), default="silence")
     parser.add_argument("--server-env", action="append", default=[])
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--media-workers", type=int, default=0)
+    parser.add_argument("--redis-url", default=BENCH_REDIS_URL)
     parser.add_argument("--json")
     parser.add_argument("--callers", help=argparse.SUPPRESS)  # internal: run callers in this process
     args = parser.parse_args()

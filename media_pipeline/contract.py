@@ -29,6 +29,23 @@ consumer's own channel name):
 - ``media.keepalive``   {} — signaling still has this call (every few seconds while pinned); a call
                          nothing touched for ``MEDIA_IDLE_REAP_SECONDS`` is closed by the worker
 
+The audio-chunk fallback's calls live in the media worker too (``media_pipeline.chunked``): signaling
+keeps the Socket.IO socket and the chunk session (offsets, acknowledgements, the resume window) and
+drives the worker's call with requests, each answered by one ``media.chunk_done`` {request_id,
+result | error} on ``reply_channel`` (the process's chunk link, which outlives any one socket):
+- ``media.chunk_open``  {request_id, user_id, audio_config, opening} — to the shared channel (or passed
+                         on by a full worker, as an offer is); ``result`` {worker_channel}; ``opening``
+                         asks for the buyer's opening line (a new session, not a resumed one)
+- ``media.chunk_audio`` {request_id, data: bytes} — one flush of in-order audio; ``result`` {taken}:
+                         false when the decoder is saturated (signaling keeps the bytes and retries)
+- ``media.chunk_idle``  {request_id} — the stream paused: a turn still open is closed and answered
+- ``media.chunk_text``  {request_id, text} — a typed turn; ``result`` {queued}
+- ``media.hangup``      {reason, request_id} — end the call: ``session-ended`` is emitted, the
+                         recording stored, then the request is answered
+The call's events come back as ``media.event`` with a transport-neutral :class:`ChunkEvent` (the
+Socket.IO consumer maps them to its event names and camelCase payloads, ``signaling.socketio_events``)
+and a call that ends itself (``max_turns``) sends ``media.session_end``.
+
 Worker → consumer:
 - ``media.pinned``      {worker_channel, offer_id}
 - ``media.event``       {message: {type, data}} — a protocol message to forward to the client
@@ -76,6 +93,20 @@ class ErrorCode(StrEnum):
     RATE_LIMIT = "ERR_RATE_LIMIT"
 
 
+class ChunkEvent(StrEnum):
+    """What a chunk call tells its client, in this project's words (snake_case payloads).
+
+    Named like the LingEcho messages they correspond to; the Socket.IO wire names and shapes are
+    the consumer's business (``signaling.socketio_events``), not the media worker's.
+    """
+
+    HEARD = "asr_result"  # {text, confidence, start_ms, end_ms, timestamp}: one trainee turn, final
+    REPLY_TEXT = "text_response"  # {text, turn_count, max_turns, conversation_ended, timestamp}
+    REPLY_AUDIO = "reply_audio"  # {audio_url, video_url, duration_s}: the reply as a fetchable file
+    ERROR = "error"  # {code, message, details}
+    ENDED = "session_ended"  # {reason, total_turns, duration_s}
+
+
 def now_ms() -> int:
     """Unix time in ms: the ``timestamp`` of every envelope and the ``serverTime`` of acknowledgements."""
     return int(time.time() * 1000)
@@ -94,8 +125,15 @@ TO_WORKER = (
     "media.text_reply",
     "media.hangup",
     "media.keepalive",
+    "media.chunk_open",
+    "media.chunk_audio",
+    "media.chunk_idle",
+    "media.chunk_text",
 )
-TO_CONSUMER = ("media.pinned", "media.event", "media.session_end")
+TO_CONSUMER = ("media.pinned", "media.event", "media.session_end", "media.chunk_done")
+CHUNK_REQUESTS = ("media.chunk_open", "media.chunk_audio", "media.chunk_idle", "media.chunk_text")
+# What the chunk path accepts as ``audioConfig.format`` (media_pipeline.chunked.webm_stream decodes them).
+CHUNK_AUDIO_FORMATS = ("webm-opus", "pcm16")
 
 
 def to_worker(kind: str, *, session_id: str, reply_channel: str, **data: Any) -> dict[str, Any]:
@@ -107,6 +145,23 @@ def to_worker(kind: str, *, session_id: str, reply_channel: str, **data: Any) ->
 def event(message_type: str, data: dict[str, Any], *, session_id: str) -> dict[str, Any]:
     """Wrap a protocol message for the consumer to forward to its client."""
     return {"type": "media.event", "session_id": session_id, "message": {"type": message_type, "data": data}}
+
+
+def chunk_done(
+    request_id: str, *, session_id: str, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The answer to one chunk request: its ``result``, or an ``error`` {code, message, details}."""
+    message: dict[str, Any] = {"type": "media.chunk_done", "session_id": session_id, "request_id": request_id}
+    if error is not None:
+        message["error"] = error
+    else:
+        message["result"] = result or {}
+    return message
+
+
+def error_body(code: ErrorCode, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` of an ``error`` event (both transports): code, message and details."""
+    return {"code": code, "message": message, "details": details or {}}
 
 
 def hangup(*, session_id: str, reply_channel: str, reason: str, offer_id: int | None = None) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from media_pipeline.contract import ErrorCode
 from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
 from media_pipeline.engines.choice import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
 from media_pipeline.executor import BoundedExecutor
+from media_pipeline.native_threads import limit_blas_threads
 from media_pipeline.turns import load_turn_detector
 from roleplay.audio_format import SAMPLE_RATE as RATE
 
@@ -63,8 +64,13 @@ class Engines:
     turn_pool: BoundedExecutor | None = None  # its early starts, at the beginning of a pause
 
     def asr_idle(self) -> bool:
-        """True when an interim decode would not delay anything (a free ASR thread, no queue)."""
-        return self.asr_pool.queued == 0 and self.asr_pool.running < self.asr_pool.max_workers
+        """True when an interim decode would not delay anything: no ASR job running or queued.
+
+        Not merely "a free ASR thread": each decode already uses ``ASR_CPU_THREADS`` threads on a
+        box with two cores, so an interim started beside a final takes half the cores from it and
+        the final (the turn everyone waits for) takes about twice as long.
+        """
+        return self.asr_pool.queued == 0 and self.asr_pool.running == 0
 
 
 _engines: Engines | None = None
@@ -88,6 +94,9 @@ def get_engines() -> Engines:
     global _engines
     with _lock:
         if _engines is None:
+            # numpy's BLAS worker would spin at normal priority after every feature computation
+            # (each ASR decode, each Smart Turn run): one thread, no spinner (native_threads).
+            limit_blas_threads(1)
             timeout = settings.ENGINE_TIMEOUT_SECONDS
             _engines = Engines(
                 asr=get_asr_engine(OFFLINE_ASR, **asr_options()),

@@ -19,8 +19,14 @@ def _key(worker_id: str) -> str:
     return f"lingecho:media-worker:{worker_id}"
 
 
-def publish_heartbeat(*, worker_id: str, channel_name: str, calls: int) -> None:
-    cache.set(_key(worker_id), {"channel": channel_name, "calls": calls, "at": time.time()}, timeout=_TTL_SECONDS)
+# Which field of a heartbeat counts a transport's live calls (admission compares it with the limit).
+CALLS_FIELD = {"webrtc": "calls", "chunk": "chunk_calls"}
+
+
+def publish_heartbeat(*, worker_id: str, channel_name: str, calls: int, chunk_calls: int = 0) -> None:
+    """``calls``: live WebRTC calls; ``chunk_calls``: live audio-chunk calls (admitted apart)."""
+    beat = {"channel": channel_name, "calls": calls, "chunk_calls": chunk_calls, "at": time.time()}
+    cache.set(_key(worker_id), beat, timeout=_TTL_SECONDS)
     registry = set(cache.get(_REGISTRY_KEY) or ())
     if worker_id not in registry:
         registry.add(worker_id)

@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from django.conf import settings
+
 from media_pipeline.turns.base import TurnDecision
-from media_pipeline.turns.words import is_backchannel, trailing_cue
+from media_pipeline.turns.words import ASR_TRAILS_OFF, Odds, is_backchannel, trailing_cue
 
 __all__ = ["OpenTurn", "is_backchannel", "join_text", "joined_facts", "trailing_cue", "turn_end_facts"]
 
@@ -69,11 +71,29 @@ class OpenTurn:
     stream_end_ms: int = 0
     response_id: str = ""  # the reply answering it, while one is being spoken
     turn_end: dict[str, Any] = field(default_factory=dict)  # how its (last) end was decided: TurnDecision
+    ending: Odds | None = None  # the ASR's ending odds for its last words (``words.trails_off``)
 
     def joined(self, text: str, *, end_ms: int, confidence: float, language: str,
                turn_end: dict[str, Any] | None = None) -> OpenTurn:
         """This turn with ``text`` said after it: one utterance with the first one's id and start,
-        and the last one's end decision (``turn_end``), counting the utterances ``joined`` into it."""
+        and the last one's end decision (``turn_end``), counting the utterances ``joined`` into it.
+
+        No ending odds: the ASR heard the later part without its beginning ("…is a big problem for
+        you." decoded alone as "There's a big problem for you." with odds of "…" at 0.13), so only
+        its words can still say it goes on."""
         return replace(self, text=join_text(self.text, text, language), end_ms=max(self.end_ms, end_ms),
                        confidence=min(self.confidence, confidence), response_id="",
-                       turn_end=joined_facts(self.turn_end, turn_end or {}))
+                       turn_end=joined_facts(self.turn_end, turn_end or {}), ending=None)
+
+    @property
+    def cue(self) -> str:
+        """Why its words end mid-thought ("and", "um", "因为", "…", or ``ASR_TRAILS_OFF`` for the
+        ASR's odds), or "" if they could end here."""
+        return trailing_cue(self.text, self.language, self.ending)
+
+    def hold_ms(self, patience_ms: int) -> int:
+        """How long a pause after it the buyer waits for more before answering it anyway: the
+        patience, or less when only the ASR's odds say it goes on (``TURN_TRAILS_OFF_WAIT_MS``)."""
+        if self.cue == ASR_TRAILS_OFF:
+            return min(patience_ms, settings.TURN_TRAILS_OFF_WAIT_MS)
+        return patience_ms

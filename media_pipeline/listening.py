@@ -5,8 +5,8 @@ runs the stream's VAD and endpointer (:class:`SpeechDetector`), cuts each uttera
 pre-roll and tail, decodes it on the engine pool's ASR executor, and turns an ASR failure into
 one :class:`NotHeard` (code, message, details) whichever transport asked. What the transports
 add on top stays theirs: WebRTC its speculative finals, interims, manual mode and barge-in
-(``media_pipeline.inbound``); the chunk path its decoder, flush batching and turn queue
-(``media_pipeline.chunk_turns``).
+(``media_pipeline.webrtc.inbound``); the chunk path its decoder, flush batching and turn queue
+(``media_pipeline.chunked.turns``).
 
 End of turn: the endpointer asks this stage's turn policy (``media_pipeline.turns``) once a pause
 has lasted ``TURN_ASK_SILENCE_MS``; the question runs inside ``score``, so the Smart Turn model
@@ -44,7 +44,7 @@ from django.conf import settings
 from lingecho.resilience.redaction import redact
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
-from media_pipeline.engines.asr.base import ASRError, Transcript
+from media_pipeline.engines.asr.base import ASRError, EndingOdds, Transcript
 from media_pipeline.engines.vad.base import EndpointerConfig, SpeechDetector, VADEvent
 from media_pipeline.executor import EngineBusy
 from media_pipeline.metrics import TURN_DECISIONS_TOTAL, TURN_DETECTOR_SECONDS
@@ -73,6 +73,9 @@ WORDS_FRESH_SAMPLES = RATE // 5
 # Silero's one-window dips between words saved only ~5 % of the runs on bench/turn_taking.py's
 # set (108 instead of 113 for 71 answers used) and cost 32 ms of every turn's delay.
 EARLY_AFTER_SAMPLES = 512
+# How long the VAD thread waits for an early answer that is not ready, and when it asks again.
+EARLY_WAIT_SECONDS = 0.05
+PENDING_RETRY_MS = 64
 
 
 class SampleWindow:
@@ -124,6 +127,7 @@ class Heard:
     language: str
     start_ms: int
     end_ms: int
+    ending: EndingOdds | None = field(default=None, kw_only=True)  # the ASR's odds of more to come
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,9 @@ class Listening:
             patience_ms=self.policy.patience_ms,
         ), turn_end=self._turn_end)
         self._scored = SampleWindow()  # the score half's copy of the last seconds, for the model
-        self._words: tuple[str, int, str] = ("", 0, "en")  # (text, stream sample it covers to, language)
-        self._early: tuple[tuple[int, int], Future[Verdict], int] | None = None  # (turn, pause), job, start
+        # (text, stream sample it covers to, language, the ASR's ending odds)
+        self._words: tuple[str, int, str, EndingOdds | None] = ("", 0, "en", None)
+        self._early: tuple[tuple[int, int, int], Future[Verdict], int] | None = None  # (turn, pause, ask), job, start
         self.early_started = 0
         self.early_used = 0
         max_ms = settings.MAX_AUDIO_DURATION_MS if max_utterance_ms is None else max_utterance_ms
@@ -215,9 +220,10 @@ class Listening:
         return events
 
     # --- end of turn -----------------------------------------------------------------------------
-    def hear_words(self, text: str, end_sample: int, language: str = "en") -> None:
-        """The latest words of the open utterance, transcribed up to stream sample ``end_sample``."""
-        self._words = (text, end_sample, language)
+    def hear_words(self, text: str, end_sample: int, language: str = "en", odds: EndingOdds | None = None) -> None:
+        """The latest words of the open utterance, transcribed up to stream sample ``end_sample``
+        (``odds``: the ASR's ending odds for them, ``Transcript.ending``)."""
+        self._words = (text, end_sample, language, odds)
 
     def _keep_scored(self, samples: np.ndarray) -> None:
         self._scored.append(np.asarray(samples, dtype=np.float32))
@@ -227,19 +233,22 @@ class Listening:
         return self._scored.slice(max(speech_start - TURN_PRESPEECH_SAMPLES, now - TURN_WINDOW_SAMPLES), now)
 
     def _start_early(self) -> None:
-        """A pause has begun and is not judged yet: start the model now, on the turn executor."""
+        """A pause has begun and its next question is not answered yet: start the model now, on the
+        turn executor, on the pause as it will sound at the ask point (the first question, or the
+        second one an unsure first answer asked for), so the answer is ready when it is asked."""
         pool = getattr(self.engines, "turn_pool", None)
         ep = self.detector.endpointer
         pause, start = ep.pause_start, ep.speech_start
-        if pool is None or not self.policy.needs_audio or pause is None or start is None or ep.asked:
+        target = ep.next_ask_samples()
+        if pool is None or not self.policy.needs_audio or pause is None or start is None or target is None:
             return
-        if self._early is not None and self._early[0] == (start, pause):
-            return
+        if self._early is not None and self._early[0][:2] == (start, pause):
+            return  # this pause's answer is on its way, or waits to be asked for
         now = ep.position
         if now - pause < EARLY_AFTER_SAMPLES:
             return
         heard = self._turn_audio(start, now)
-        missing = ep.ask_samples() - (now - pause)
+        missing = target - (now - pause)
         if missing > 0:  # the rest of the pause, as it will sound: the room heard in it so far
             room = self._scored.slice(pause, now)
             fill = np.resize(room, missing) if room.size else np.zeros(missing, dtype=np.float32)
@@ -254,34 +263,52 @@ class Listening:
             job = pool.submit(detector.predict, heard)
         except EngineBusy:
             return
-        self._early = ((start, pause), job, now)
+        self._early = ((start, pause, target), job, now)
         self.early_started += 1
 
-    def _early_verdict(self, speech_start: int, pause: int) -> Verdict | None:
-        early, self._early = self._early, None
+    def _early_verdict(self, speech_start: int, pause: int, pause_ms: int) -> Verdict | None:
+        """The early run's answer for this pause; a *pending* verdict while it is still running.
+
+        Never waits more than ``EARLY_WAIT_SECONDS``: this runs on the VAD thread every call shares,
+        and a turn executor running behind (a loaded machine starves its niced thread) once held it
+        for ``ENGINE_TIMEOUT_SECONDS``, so every call's VAD stalled and held thoughts were answered
+        on the wall clock mid-sentence. A pending answer is asked for again a few windows later."""
+        early = self._early
         if early is None:
             return None
-        if early[0] != (speech_start, pause):
+        if early[0][:2] != (speech_start, pause):
             early[1].cancel()
+            self._early = None
             return None
         try:
-            verdict = early[1].result(timeout=settings.ENGINE_TIMEOUT_SECONDS)
+            verdict = early[1].result(timeout=EARLY_WAIT_SECONDS)
+        except TimeoutError:
+            return Verdict(complete=False, probability=0.0, inference_ms=0.0,
+                           detector=getattr(self.policy.detector, "name", ""), pending=True,
+                           ask_again_ms=pause_ms + PENDING_RETRY_MS)
         except Exception:  # noqa: BLE001 - the early start is an optimisation: ask now instead
             log.warning("early turn-detector job failed; asking now", exc_info=True)
+            self._early = None
             return None
+        self._early = None
         self.early_used += 1
         return replace(verdict, started_at=early[2])
 
     def _turn_end(self, speech_start: int, pause: int, now: int) -> Verdict:
-        """The endpointer's question at ``ask_silence_ms`` into a pause: is the turn over?"""
-        text, covered_to, language = self._words
+        """The endpointer's question at ``ask_silence_ms`` into a pause (and, if the answer was
+        unsure, once more at its ``ask_again_ms``): is the turn over?"""
+        text, covered_to, language, odds = self._words
         if covered_to < max(speech_start, pause - WORDS_FRESH_SAMPLES):
-            text = ""  # words from an earlier utterance, or too old to speak for this pause
-        early = self._early_verdict(speech_start, pause) if self.policy.needs_audio else None
+            text, odds = "", None  # words from an earlier utterance, or too old to speak for this pause
+        pause_ms = (now - pause) * 1000 // RATE
+        early = self._early_verdict(speech_start, pause, pause_ms) if self.policy.needs_audio else None
+        if early is not None and early.pending:
+            return early
         audio = None
         if early is None and self.policy.needs_audio:
             audio = self._turn_audio(speech_start, now)
-        verdict = self.policy.decide(audio, text=text, language=language, early=early)
+        verdict = self.policy.decide(audio, text=text, language=language, early=early, pause_ms=pause_ms,
+                                     odds=odds)
         if early is None:
             verdict = replace(verdict, started_at=now)
         if verdict.detector != "silence":  # the fixed-pause rule decides nothing worth counting
@@ -355,7 +382,8 @@ class Listening:
 def heard(transcript: Transcript, *, language: str, start_ms: int, end_ms: int) -> Heard:
     """The transport-neutral final of one decoded utterance."""
     return Heard(text=transcript.text.strip(), confidence=float(transcript.confidence),
-                 language=transcript.language or language, start_ms=max(0, start_ms), end_ms=max(0, end_ms))
+                 language=transcript.language or language, start_ms=max(0, start_ms), end_ms=max(0, end_ms),
+                 ending=transcript.ending)
 
 
 __all__ = ["Heard", "Listening", "NotHeard", "PREROLL_SAMPLES", "Segment", "heard"]

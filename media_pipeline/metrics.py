@@ -90,6 +90,12 @@ CALLS_REFUSED_TOTAL = Counter(
 CALLS_PASSED_ON_TOTAL = Counter(
     "lingecho_calls_passed_on_total", "Offers a full worker passed to a worker with room"
 )
+CALLS_BALANCED_TOTAL = Counter(
+    "lingecho_calls_balanced_total", "New offers a worker passed to a live worker holding fewer calls"
+)
+OFFERS_DUPLICATED_TOTAL = Counter(
+    "lingecho_offers_duplicated_total", "Offers delivered to a second worker after another had taken them (dropped)"
+)
 INTERIMS_SKIPPED_TOTAL = Counter(
     "lingecho_interims_skipped_total", "Interim decodes skipped: ASR busy or interim budget spent"
 )

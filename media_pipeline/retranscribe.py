@@ -57,7 +57,7 @@ def load_stereo(source: str | IO[bytes]) -> np.ndarray:
 def _engine(options: RetranscribeOptions) -> Any:
     from media_pipeline.engines.asr.faster_whisper import FasterWhisperEngine
 
-    return FasterWhisperEngine(options.model_path or None, cpu_threads=options.cpu_threads)
+    return FasterWhisperEngine(options.model_path or None, cpu_threads=options.cpu_threads, instance="archive")
 
 
 def _channel_segments(model: Any, audio: np.ndarray, speaker: str, *, language: str, beam_size: int) -> list[dict]:

@@ -13,6 +13,11 @@ runs, a beat is only published while the loop keeps ticking, so a wedged loop st
 Calls never leak: a call that signaling gives up is hung up even before it is pinned (through the
 ``MEDIA_WORKERS_GROUP`` group, see ``media_pipeline.contract``), and an idle reaper closes a call no
 signaling message (consumers send a keepalive while pinned) touched for ``MEDIA_IDLE_REAP_SECONDS``.
+Sharing by load: which worker takes an offer from the shared channel is whichever asked Redis
+first (BZPOPMIN serves waiting workers in turn), round robin rather than by load, so the counts
+drift apart (calls of unequal length, a worker restarted by an upgrade starts empty and stays
+behind). A worker that takes a fresh offer while another live worker's heartbeat shows fewer calls
+passes it there once (``_passed_to_less_busy``); an offer passed on once is taken where it lands.
 Admission: a worker holding ``MAX_CALLS_PER_WORKER`` live calls does not take another offer. It
 passes the offer to the pinned channel of the live worker whose heartbeat (published at once when
 a call starts or ends) shows the fewest calls below the limit (at most ``MAX_OFFER_HOPS`` times,
@@ -24,7 +29,8 @@ reason), every call closed with its recording stored, the heartbeat withdrawn, w
 
 Two ways to run it, one code path: embedded (``media_pipeline.embedded`` starts the loops inside
 the server process) and ``python manage.py runworker media`` (Channels' worker creates
-:class:`MediaWorkerConsumer` for the shared channel; its first message starts the pinned loop).
+:class:`MediaWorkerConsumer` for the shared channel; the command starts the pinned loop as it
+starts, since other workers may pass offers to this one before it has taken any itself).
 """
 
 from __future__ import annotations
@@ -45,11 +51,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
 
+from lingecho.channel_layer import cancel_requested, cancel_until_done
 from media_pipeline import heartbeat, metrics
-from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, event
+from media_pipeline.chunked.call import ChunkCall
+from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, chunk_done, error_body, event
 from media_pipeline.engine_pool import start_warm_up
-from media_pipeline.outbound import pacing_stats
-from media_pipeline.pipeline import CallSession
+from media_pipeline.webrtc.call import CallSession
+from media_pipeline.webrtc.outbound import pacing_stats
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +68,23 @@ TOMBSTONE_SECONDS = 120.0
 MAX_TOMBSTONES = 10_000
 # Group memberships expire in the channel layers (a day by default): renewed well before.
 GROUP_REFRESH_SECONDS = 600.0
+# How long a taken offer stays claimed (its id is never sent again: each offer of a connection is numbered).
+OFFER_CLAIM_SECONDS = 300
 # An offer no worker has room for is passed on at most this many times before it is refused.
 MAX_OFFER_HOPS = 8
+# A fresh offer is passed to a less busy worker only if that one's heartbeat is this recent (a
+# healthy worker beats every HEARTBEAT_SECONDS and at each call's start and end): a worker that
+# died a moment ago still has a live heartbeat for its TTL, and an offer sent to it is lost until
+# the consumer's offer timeout. At capacity any live worker is tried (the alternative is a refusal).
+BALANCE_BEAT_AGE_SECONDS = HEARTBEAT_SECONDS + 2.0
 CAPACITY_HOPS_KEY = "capacity_hops"
+# The messages that start a call, and the transport of the call each one starts.
+OPENERS = {"media.offer": "webrtc", "media.chunk_open": "chunk"}
+
+
+def _limit(transport: str) -> int:
+    """Live calls of a transport one worker takes (settings; 0 = no limit)."""
+    return settings.MAX_CHUNK_CALLS_PER_WORKER if transport == "chunk" else settings.MAX_CALLS_PER_WORKER
 
 
 def stats_key(worker_id: str) -> str:
@@ -92,7 +114,7 @@ class MediaWorker:
         self.layer = layer
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.channel = channel or _new_channel_name(layer)
-        self.sessions: dict[str, CallSession] = {}
+        self.sessions: dict[str, CallSession | ChunkCall] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.last_tick: float | None = None
         self._tasks: list[asyncio.Task] = []
@@ -116,7 +138,8 @@ class MediaWorker:
 
     def publish(self) -> None:
         try:
-            heartbeat.publish_heartbeat(worker_id=self.worker_id, channel_name=self.channel, calls=len(self.sessions))
+            heartbeat.publish_heartbeat(worker_id=self.worker_id, channel_name=self.channel,
+                                        calls=self.live_calls("webrtc"), chunk_calls=self.live_calls("chunk"))
             cache.set(stats_key(self.worker_id), {**pacing_stats(), "calls": len(self.sessions)}, timeout=60)
         except Exception:  # noqa: BLE001 - a cache outage must not kill the thread; readiness shows it
             log.warning("heartbeat not published", exc_info=True)
@@ -152,7 +175,8 @@ class MediaWorker:
         self.start_heartbeat()
 
     async def _tick(self) -> None:
-        while True:
+        # ``cancelling()``: a cancel its Redis ``group_add`` swallowed (CPython gh-86296) still ends it.
+        while not cancel_requested():
             self.last_tick = time.monotonic()
             try:
                 await self._join_group()
@@ -182,19 +206,18 @@ class MediaWorker:
                                                                         "idle_seconds": round(now - call.last_signal)})
                 self._close_later(call, "timeout", tell=(ErrorCode.WEBRTC_FAILED, "media_idle"))
 
-    def _close_later(self, call: CallSession, reason: str, *, tell: tuple[ErrorCode, str] | None = None) -> None:
+    def _close_later(self, call: CallSession | ChunkCall, reason: str, *,
+                     tell: tuple[ErrorCode, str] | None = None) -> None:
         async def run() -> None:
             if tell is not None:  # a consumer that is still there forgets the call and may offer again
                 await call.error(tell[0], "The media connection was closed; send a new offer.",
                                  {"error_type": tell[1]})
             await call.close(reason)
 
-        task = asyncio.get_running_loop().create_task(run(), name=f"close-{call.session_id}")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._spawn(run())
 
     async def _serve(self, channel: str) -> None:
-        while True:
+        while not cancel_requested():
             try:
                 message = await self.layer.receive(channel)
             except asyncio.CancelledError:
@@ -213,11 +236,13 @@ class MediaWorker:
         self.stop_heartbeat()
 
     async def _stop_tasks(self) -> None:
+        """Cancel the worker's loops, each until it has ended: the tick's Redis ``group_add`` can
+        swallow one cancel (CPython gh-86296) and would then tick on, holding the stop forever."""
         for task in [*self._tasks, *self._closing]:
             task.cancel()
         for task in [*self._tasks, *self._closing]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await cancel_until_done(task)
         self._tasks = []
         self._shared = None
         with contextlib.suppress(Exception):
@@ -265,6 +290,11 @@ class MediaWorker:
             return
         call = self.sessions.get(session_id)
         if call is not None and call.closed:
+            if kind == "media.hangup" and isinstance(call, ChunkCall) and message.get("request_id"):
+                # Closing already (a drain): answered once it is closed, so its client's chunk
+                # session hears ``session-ended`` before it lets go.
+                self._spawn(self._answer_when_closed(call, message))
+                return
             call = None  # closing (its recording is being stored): a new offer starts a new call
         if kind == "media.keepalive":
             if call is not None:
@@ -273,32 +303,39 @@ class MediaWorker:
         if call is None:
             if kind == "media.hangup":
                 self._bury(message)
+                await self._answer(message, result={"closed": True})  # a chunk call that is gone already
                 return
-            if kind != "media.offer":
+            if kind not in OPENERS:
                 # Pinned here but the call is gone (worker restarted with the same channel, or closed).
-                reply = message.get("reply_channel")
-                if reply:
-                    with contextlib.suppress(Exception):
-                        await self.layer.send(reply, event("error", {
-                            "code": ErrorCode.WEBRTC_FAILED,
-                            "message": "No media connection for this session; send an offer.",
-                            "details": {"error_type": "unknown_session"},
-                        }, session_id=session_id))
+                await self._refuse(message, ErrorCode.WEBRTC_FAILED, "No media connection for this session; "
+                                   "send an offer.", {"error_type": "unknown_session"})
                 return
             if self.draining:
                 # Leave it to another worker: this one is going away.
                 with contextlib.suppress(Exception):
                     await self.layer.send(MEDIA_CHANNEL, message)
                 return
+            if not await self._claimed(message):
+                metrics.OFFERS_DUPLICATED_TOTAL.inc()
+                return  # delivered twice (channels-redis's shared in-flight list): another worker has it
+            # After the claim's await, so a hang-up that came meanwhile is seen (a later one finds
+            # the call and closes it).
             if self._buried(message):
                 return  # signaling gave this offer up before any worker took it
-            if self.full():
-                await self._offer_elsewhere(message)
+            transport = OPENERS[kind]
+            if self.full(transport):
+                await self._offer_elsewhere(message, transport)
                 return
-            call = CallSession(
-                session_id=session_id, layer=self.layer, worker_channel=self.channel,
-                reply_channel=message.get("reply_channel", ""),
-            )
+            if await self._passed_to_less_busy(message, transport):
+                return
+            if transport == "chunk":
+                call = ChunkCall(session_id=session_id, layer=self.layer, worker_channel=self.channel,
+                                 reply_channel=message.get("reply_channel", ""))
+            else:
+                call = CallSession(
+                    session_id=session_id, layer=self.layer, worker_channel=self.channel,
+                    reply_channel=message.get("reply_channel", ""),
+                )
             call.on_closed = self._forget
             self.sessions[session_id] = call
             call.counted = True
@@ -306,19 +343,56 @@ class MediaWorker:
             self._publish_soon()
         call.submit(message)
 
+    async def _answer_when_closed(self, call: ChunkCall, message: dict[str, Any]) -> None:
+        await call.finished.wait()
+        await self._answer(message, result={"closed": True})
+
+    def _spawn(self, work: Any) -> None:
+        """A task the worker keeps (and cancels when it stops): closing calls, late answers."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _answer(self, message: dict[str, Any], *, result: dict[str, Any] | None = None,
+                      error: dict[str, Any] | None = None) -> None:
+        """Answer a chunk request (one with a ``request_id``) this worker will not hand to a call."""
+        reply, request_id = message.get("reply_channel"), message.get("request_id")
+        if reply and request_id:
+            with contextlib.suppress(Exception):
+                await self.layer.send(reply, chunk_done(str(request_id), session_id=message.get("session_id", ""),
+                                                        result=result, error=error))
+
+    async def _refuse(self, message: dict[str, Any], code: ErrorCode, text: str, details: dict[str, Any]) -> None:
+        """Say no to a message: a chunk request gets its answer, anything else an ``error`` event."""
+        if message.get("request_id"):
+            await self._answer(message, error=error_body(code, text, details))
+            return
+        reply = message.get("reply_channel")
+        if reply:
+            with contextlib.suppress(Exception):
+                await self.layer.send(reply, event("error", error_body(code, text, details),
+                                                   session_id=message.get("session_id", "")))
+
     # --- admission ----------------------------------------------------------------------------------
-    def live_calls(self) -> int:
-        return sum(1 for call in self.sessions.values() if not call.closed)
+    def live_calls(self, transport: str | None = None) -> int:
+        """Live calls of one transport (``webrtc`` or ``chunk``), or of both."""
+        return sum(1 for call in self.sessions.values()
+                   if not call.closed and (transport is None or call.kind == transport))
 
-    def full(self) -> bool:
-        """At ``MAX_CALLS_PER_WORKER`` live calls (0: no limit): a new offer would slow every call down."""
-        limit = settings.MAX_CALLS_PER_WORKER
-        return limit > 0 and self.live_calls() >= limit
+    def full(self, transport: str = "webrtc") -> bool:
+        """At the transport's limit of live calls (0: no limit): a new one would slow every call down.
 
-    async def _offer_elsewhere(self, message: dict[str, Any]) -> None:
-        """Pass a new offer to the least busy worker with room, or refuse it: all lines busy, try later."""
+        The two transports are counted apart because they cost very different amounts: a WebRTC call
+        decodes Opus every 20 ms, runs interim transcripts and paces its reply in real time; a chunked
+        call decodes a flush twice a second, transcribes only finals and stores its reply as a file.
+        """
+        limit = _limit(transport)
+        return limit > 0 and self.live_calls(transport) >= limit
+
+    async def _offer_elsewhere(self, message: dict[str, Any], transport: str = "webrtc") -> None:
+        """Pass a new call to the least busy worker with room, or refuse it: all lines busy, try later."""
         hops = int(message.get(CAPACITY_HOPS_KEY) or 0)
-        target = await self._worker_with_room() if hops < MAX_OFFER_HOPS else None
+        target = await self._worker_with_room(transport) if hops < MAX_OFFER_HOPS else None
         if target is not None:
             try:
                 await self.layer.send(target, {**message, CAPACITY_HOPS_KEY: hops + 1})
@@ -329,27 +403,52 @@ class MediaWorker:
                 return
         metrics.CALLS_REFUSED_TOTAL.inc()
         retry_after_s = settings.CAPACITY_RETRY_AFTER_SECONDS
-        log.warning("offer refused: all lines busy", extra={"session_id": message.get("session_id"),
-                                                             "worker_id": self.worker_id, "calls": self.live_calls()})
-        reply = message.get("reply_channel")
-        if reply:
-            with contextlib.suppress(Exception):
-                await self.layer.send(reply, event("error", {
-                    "code": ErrorCode.RATE_LIMIT,
-                    "message": f"All lines are busy. Try again in {retry_after_s} s.",
-                    "details": {"reason": "capacity", "retry_after": retry_after_s * 1000},
-                }, session_id=message.get("session_id", "")))
+        log.warning("call refused: all lines busy", extra={"session_id": message.get("session_id"),
+                                                            "worker_id": self.worker_id, "transport": transport,
+                                                            "calls": self.live_calls(transport)})
+        await self._refuse(message, ErrorCode.RATE_LIMIT, f"All lines are busy. Try again in {retry_after_s} s.",
+                           {"reason": "capacity", "retry_after": retry_after_s * 1000})
 
-    async def _worker_with_room(self) -> str | None:
+    async def _passed_to_less_busy(self, message: dict[str, Any], transport: str) -> bool:
+        """Pass a fresh offer to the live worker with the fewest calls, if it has fewer than this one.
+
+        Only an offer straight from the shared channel (an offer passed on once is taken where it
+        lands, so two workers never bounce one between them), and only to a worker that beat
+        recently (``BALANCE_BEAT_AGE_SECONDS``). Costs one heartbeat read per offer while this
+        worker holds calls; with none it takes the offer at once (nobody has fewer).
+        """
+        mine = self.live_calls(transport)
+        if mine == 0 or message.get(CAPACITY_HOPS_KEY):
+            return False
+        target = await self._least_busy_other(transport, max_age=BALANCE_BEAT_AGE_SECONDS)
+        if target is None or target[0] >= mine:
+            return False
+        try:
+            await self.layer.send(target[1], {**message, CAPACITY_HOPS_KEY: 1})
+        except Exception:  # noqa: BLE001 - its channel is full or gone: take the call here
+            return False
+        metrics.CALLS_BALANCED_TOTAL.inc()
+        return True
+
+    async def _worker_with_room(self, transport: str = "webrtc") -> str | None:
         """The pinned channel of the live worker with the fewest calls below the limit, other than this one."""
+        target = await self._least_busy_other(transport)
+        return target[1] if target else None
+
+    async def _least_busy_other(self, transport: str, *, max_age: float | None = None) -> tuple[int, str] | None:
+        """(calls, pinned channel) of the live worker other than this one with the fewest calls of
+        ``transport``, below the limit if there is one, its heartbeat at most ``max_age`` s old."""
         try:
             beats = await asyncio.to_thread(heartbeat.live_workers)
         except Exception:  # noqa: BLE001 - no cache, no knowledge of the others: refuse rather than guess
             return None
-        limit = settings.MAX_CALLS_PER_WORKER
-        room = [(beat.get("calls", limit), beat.get("channel")) for worker_id, beat in beats.items()
-                if worker_id != self.worker_id and beat.get("channel") and beat.get("calls", limit) < limit]
-        return min(room)[1] if room else None
+        limit = _limit(transport)
+        field = heartbeat.CALLS_FIELD[transport]
+        now = time.time()
+        room = [(beat[field], beat["channel"]) for worker_id, beat in beats.items()
+                if worker_id != self.worker_id and beat.get("channel") and isinstance(beat.get(field), int)
+                and (limit == 0 or beat[field] < limit) and (max_age is None or now - beat["at"] <= max_age)]
+        return min(room) if room else None
 
     def _publish_soon(self) -> None:
         """Publish the heartbeat now (off the loop: a cache write) so the others see the new call count."""
@@ -357,7 +456,7 @@ class MediaWorker:
             with contextlib.suppress(RuntimeError):  # the loop is closing: the beat thread carries on
                 self.loop.run_in_executor(None, self._publish_if_beating)
 
-    def _forget(self, call: CallSession) -> None:
+    def _forget(self, call: CallSession | ChunkCall) -> None:
         if self.sessions.get(call.session_id) is call:
             del self.sessions[call.session_id]
         if call.counted:
@@ -369,6 +468,25 @@ class MediaWorker:
     @staticmethod
     def _offer_key(message: dict[str, Any]) -> tuple[str, str, Any]:
         return (message.get("session_id", ""), message.get("reply_channel", ""), message.get("offer_id"))
+
+    async def _claimed(self, message: dict[str, Any]) -> bool:
+        """Claim a fresh offer for this worker, once across all workers (a cache ``add``).
+
+        channels-redis keeps a message popped from a shared channel in one backup list shared by
+        every process reading that channel, and each reader's next receive pushes that list back
+        (django/channels_redis#163): with two workers on ``media`` an offer was now and then
+        delivered to both, both answered, and the caller never connected (bench/capacity.py, 16
+        calls on two workers). An offer passed on by a worker (``CAPACITY_HOPS_KEY``) was claimed by
+        that worker already; an offer without an id, or a cache that fails, is taken as before.
+        """
+        offer_id = message.get("offer_id")
+        if offer_id is None or message.get(CAPACITY_HOPS_KEY):
+            return True
+        key = "lingecho:offer:{}:{}:{}".format(*self._offer_key(message))
+        try:
+            return bool(await asyncio.to_thread(cache.add, key, self.worker_id, OFFER_CLAIM_SECONDS))
+        except Exception:  # noqa: BLE001 - no cache: a rare double answer beats refusing every call
+            return True
 
     def _bury(self, message: dict[str, Any]) -> None:
         """A hang-up for a call this worker does not hold: refuse that offer if it comes here later."""

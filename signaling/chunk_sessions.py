@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from lingecho.channel_layer import cancel_until_done
 from signaling.protocol import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class ChunkRefused(Exception):
 
 
 class ChunkSink(Protocol):
-    """Where flushed audio goes: the turn logic of one session (media_pipeline.chunk_turns).
+    """Where flushed audio goes: the session's call in a media worker (signaling.chunk_media).
 
     ``audio`` returns False when it could not take the bytes now (its decoder is saturated); the
     session keeps them and retries after ``BUSY_RETRY_SECONDS``. None or True: taken."""
@@ -317,9 +318,10 @@ class ChunkSession:
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             self._wake.set()
-            task.cancel()
+            # Repeated until it lands: a flush in the middle of a Redis send to the media worker can
+            # swallow one cancel (CPython gh-86296, see lingecho.channel_layer).
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await cancel_until_done(task)
         await self.sink.close(reason)
 
 

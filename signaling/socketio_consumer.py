@@ -2,8 +2,9 @@
 
 For trainees whose network will not carry WebRTC. The browser's MediaRecorder sends 250 ms
 pieces as ``audio-chunk`` events; the SessionManager (signaling.chunk_sessions) buffers them
-per session, and media_pipeline.chunk_turns decodes, endpoints, transcribes and answers with
-the same engines and the same turn service as the WebRTC path.
+per session and hands each flush to the session's call in a media worker (signaling.chunk_media
+→ media_pipeline.chunked), which decodes, endpoints, transcribes and answers with the same
+engines and the same turn service as the WebRTC path.
 
 Layout as in the other consumer: socket events (connect / receive / disconnect), command
 handlers (one ``on_<event>`` per Socket.IO event), channel-layer handlers. Database work is
@@ -29,10 +30,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
-from media_pipeline.webm_stream import FORMATS, AudioDecodeError
+from media_pipeline.contract import CHUNK_AUDIO_FORMATS
 from signaling import gateway, shutdown
 from signaling.auth import AUTH_UNAVAILABLE, AuthUnavailable, query_params, user_from_token
+from signaling.chunk_media import RemoteChunkSink
 from signaling.chunk_sessions import ChunkRefused, ChunkSession, manager
 from signaling.db import database_unavailable, until_recorded
 from signaling.protocol import MAX_ID_CHARS, CloseCode, ErrorCode, ProtocolError, invalid, now_ms
@@ -218,8 +219,9 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
 
     async def on_start_session(self, data: dict[str, Any]) -> dict[str, Any]:
         self._refuse_during_shutdown()
-        if self.chunk is not None:
+        if self.chunk is not None and not self.chunk.closed:
             raise invalid("A session is already running on this socket; end it first.")
+        self.chunk = None  # ended under it (its media worker stopped): this socket may start it again
         audio_config = _audio_config(data.get("audioConfig"))
         session_id = data.get("sessionId")
         if session_id is not None and (not isinstance(session_id, str) or len(session_id) > MAX_ID_CHARS):
@@ -232,15 +234,11 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
             raise invalid("scenarioId is required to start a new session: a positive integer.")
         info = await gateway.open_session(user=self.user, scenario_id=str(scenario_id),
                                           transport=gateway.Transport.CHUNK)
-        session_id = info.session_id
-        turns = ChunkTurns(await load_call_facts(session_id), audio_config)
-        await turns.save_metadata()
-        chunk = self._open(turns, audio_config)
+        chunk = await self._open(info.session_id, audio_config, opening=True)
         started = self._started_payload(info, audio_config, resumed=False, next_offset=0)
         await self._emit("session-started", started)
-        await chunk.attach(self, self._emit_via_layer)
+        await chunk.attach(self, self._emit_via_layer)  # the opening line waited in its outbox till now
         self.chunk = chunk
-        turns.opening()
         return started
 
     async def _resume(self, session_id: str, audio_config: dict[str, Any]) -> dict[str, Any]:
@@ -248,9 +246,9 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
         chunk = manager.get(session_id)
         stream_reset = chunk is None
         if chunk is None:
-            # This process never had the session (or restarted): the recorder must start a new stream.
-            turns = ChunkTurns(await load_call_facts(session_id), audio_config)
-            chunk = self._open(turns, audio_config)
+            # This process never had the session (or restarted, or its worker stopped): the recorder
+            # must start a new stream.
+            chunk = await self._open(session_id, audio_config, opening=False)
         elif chunk.user_id != self.user.pk:
             raise gateway.refused(gateway.Transport.CHUNK, gateway.Refusal.SESSION_NOT_FOUND, "No such session.",
                                   session=session_id[:64])
@@ -264,9 +262,18 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
             await self.channel_layer.send(previous.channel_name, {"type": "chunk.takeover"})
         return started
 
-    def _open(self, turns: ChunkTurns, audio_config: dict[str, Any]) -> ChunkSession:
-        chunk = manager.open(session_id=turns.session_id, user_id=self.user.pk, sink=turns, audio_config=audio_config)
-        turns.bind(chunk.emit, lambda reason: manager.close(turns.session_id, reason))
+    async def _open(self, session_id: str, audio_config: dict[str, Any], *, opening: bool) -> ChunkSession:
+        """A chunk session whose call a media worker has taken; refused (the session left resumable)
+        when no worker can take it: none running, or all lines busy."""
+        sink = RemoteChunkSink(session_id=session_id, user_id=self.user.pk, audio_config=audio_config)
+        chunk = manager.open(session_id=session_id, user_id=self.user.pk, sink=sink, audio_config=audio_config)
+        sink.bind(chunk.emit, lambda reason: manager.close(session_id, reason))
+        try:
+            await sink.open(opening=opening)
+        except ProtocolError:
+            await manager.close(session_id, "dropped")
+            await until_recorded(lambda: gateway.mark_dropped(session_id=session_id), what="session dropped")
+            raise
         return chunk
 
     @staticmethod
@@ -443,7 +450,7 @@ class SocketIOConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
     async def end_for_shutdown(self, reason: str) -> None:
         """End this socket's session as ``end-session`` does, then say goodbye.
 
-        The chunk session's close (signaling.chunk_sessions → media_pipeline.chunk_turns) ends the
+        The chunk session's close (signaling.chunk_sessions → its call in the media worker) ends the
         session, stores the recording and emits ``session-ended`` through the channel layer; the
         goodbye goes the same way, so this socket's loop sends it after ``session-ended``.
         """
@@ -484,18 +491,11 @@ def _audio_config(raw: Any) -> dict[str, Any]:
         raise invalid("audioConfig must be an object.")
     audio_format = raw.get("format", "webm-opus")
     rate = raw.get("sampleRate", 16000 if audio_format == "pcm16" else 48000)
-    if audio_format not in FORMATS:
+    if audio_format not in CHUNK_AUDIO_FORMATS:
         raise ProtocolError(ErrorCode.AUDIO_ENCODE_FAILED, f"Unsupported audio format {str(audio_format)[:40]!r}.",
-                            {"supported": list(FORMATS)})
+                            {"supported": list(CHUNK_AUDIO_FORMATS)})
     if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
         raise invalid("audioConfig.sampleRate must be an integer between 8000 and 48000.")
-    if audio_format == "pcm16":
-        try:
-            from media_pipeline.webm_stream import PCM16Stream
-
-            PCM16Stream(rate)
-        except AudioDecodeError as exc:
-            raise ProtocolError(ErrorCode.AUDIO_ENCODE_FAILED, str(exc)) from None
     return {"format": audio_format, "sampleRate": rate, "channels": 1, "chunkMs": CHUNK_MS}
 
 

@@ -87,6 +87,17 @@ def _fresh_channel_layer():
     channel_layers.backends.clear()
 
 
+@pytest.fixture(autouse=True)
+def _no_chunk_sessions_left_behind():
+    """The process's chunk sessions are a module-level registry (signaling.chunk_sessions.manager):
+    one a test leaves open belongs to that test's loop and channel layer, and a later test that
+    drains the registry (the graceful shutdown) would wait on a worker that no longer exists."""
+    yield
+    from signaling.chunk_sessions import manager
+
+    manager.sessions.clear()
+
+
 @pytest.fixture
 async def media_worker():
     """A media worker on its own in-memory layer, serving the shared channel like the embedded default."""
@@ -95,6 +106,21 @@ async def media_worker():
     from media_pipeline.worker import MediaWorker  # imported here: aiortc is heavy for tests that never call
 
     worker = MediaWorker(InMemoryChannelLayer(capacity=500))
+    await worker.ensure_started(serve_shared=True)
+    yield worker
+    await worker.stop()
+
+
+@pytest.fixture
+async def default_layer_worker():
+    """A media worker on the project's channel layer (in-memory, or Redis in the scaled pass) serving
+    the shared channel: what in-process consumer tests talk to, as a server's embedded worker would be.
+    Its stop closes the calls it still holds, so no call of one test outlives it."""
+    from channels.layers import get_channel_layer
+
+    from media_pipeline.worker import MediaWorker
+
+    worker = MediaWorker(get_channel_layer())
     await worker.ensure_started(serve_shared=True)
     yield worker
     await worker.stop()

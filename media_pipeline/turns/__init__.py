@@ -20,7 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from media_pipeline.turns.base import TurnDecision, TurnDetector, Verdict
-from media_pipeline.turns.policy import TurnPolicy
+from media_pipeline.turns.policy import DEFAULT_REASK_SILENCE_MS, DEFAULT_REASK_THRESHOLD, TurnPolicy
 from media_pipeline.turns.silence import SilenceDetector
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,10 @@ def turn_policy(detector: Any, *, end_silence_ms: int | None = None, patience_ms
         ask_silence_ms=settings.TURN_ASK_SILENCE_MS,
         patience_ms=settings.TURN_PATIENCE_MS if patience_ms is None else patience_ms,
         threshold=settings.TURN_COMPLETE_THRESHOLD,
+        # Read with defaults until settings.py declares them (env TURN_REASK_SILENCE_MS, 0 = ask once).
+        reask_silence_ms=getattr(settings, "TURN_REASK_SILENCE_MS", DEFAULT_REASK_SILENCE_MS),
+        reask_threshold=getattr(settings, "TURN_REASK_THRESHOLD", DEFAULT_REASK_THRESHOLD),
+        trails_off_wait_ms=settings.TURN_TRAILS_OFF_WAIT_MS,
     )
 
 

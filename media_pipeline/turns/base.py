@@ -23,6 +23,12 @@ class Verdict:
     ``cue`` names the trailing words that kept the turn open (``words.trailing_cue``), if any.
     ``started_at``: the stream sample at which the inference began (listening sets it; an early
     start, at the beginning of the pause, is how the answer is ready by the ask point).
+    ``ask_again_ms``: an "incomplete" that is worth asking once more when the pause has lasted this
+    long (``policy.TurnPolicy`` sets it on a first answer that no words cue confirmed); None: wait
+    out the patience. The endpointer honours it if it re-asks (``getattr``, so older callers that
+    ask once simply wait out the patience as before).
+    ``pending``: no answer yet (the model's early run has not finished): not a question answered,
+    so the endpointer asks again at ``ask_again_ms`` rather than block the VAD thread waiting.
     """
 
     complete: bool
@@ -31,6 +37,8 @@ class Verdict:
     detector: str
     cue: str = ""
     started_at: int = -1
+    ask_again_ms: int | None = None
+    pending: bool = False
 
 
 class TurnDetector(Protocol):

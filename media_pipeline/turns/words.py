@@ -11,13 +11,20 @@ Two plain functions over a transcript, English and Mandarin:
 Which rules apply is decided by the script of the text itself (a zh-CN call may hear an English
 "okay"); ``language`` is only the tie-breaker for text with no letters at all. Whisper's
 punctuation is not trusted as an ending (it puts a full stop after nearly everything), but a
-trailing comma, dash or ellipsis is taken as "more to come".
+trailing comma, dash or ellipsis is taken as "more to come", and so are its *odds* of one
+(``EndingOdds``, when the engine gives them). On eSpeak sentences cut mid-clause (bench/
+turn_taking.py's 44 English cuts, tiny.en) Whisper's probability of "…"/","/"-" right after the
+last word had a median of 0.16 after a content word and 0.42–0.46 after a function word or
+conjunction, even where it wrote a full stop, and the few below 0.1 had a full stop below 0.3;
+after the 24 finished sentences it was at most 0.08, with a full stop at 0.55 or more. The bars
+below sit between (one cut of 44 still passes as finished).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Protocol
 
 # --- English -----------------------------------------------------------------------------------
 EN_CONJUNCTIONS = frozenset({
@@ -25,25 +32,70 @@ EN_CONJUNCTIONS = frozenset({
     "if", "unless", "when", "whereas", "plus", "nor", "whether", "than",
 })
 EN_FILLERS = frozenset({"um", "umm", "uh", "uhh", "er", "erm", "ah", "eh", "like", "basically"})
-# A clause cannot end here: articles, prepositions, possessives, subject pronouns. Not auxiliaries
-# or "so"/"then"/"though"/"while" in general: "yes, we can", "I think so", "see you then", "for a
-# while" are complete. A question mark is trusted ("where are you from?" ends on a preposition).
+# A clause cannot end on these function words: articles, possessives, prepositions that need an
+# object, subject pronouns, "to", contracted auxiliaries ("we're", "I'll": "Yes, I'll." is not
+# English) and "gonna"/"wanna". People hesitate most often right here, before the content word
+# ("we should meet on … Tuesday"). Not "her" ("I told her"), "you" ("thank you"), "this"/"that"/
+# "some" (pronouns too), "before"/"after" (adverbs too). A question mark is trusted ("where are
+# you from?" ends on a preposition).
 EN_UNFINISHED = frozenset({
-    "the", "a", "an", "of", "for", "with", "from", "into", "about", "at", "by", "my", "our",
-    "your", "their", "his", "i", "we're", "i'm", "it's", "that's", "whose", "very",
+    "the", "a", "an", "my", "our", "your", "their", "his", "its", "every", "whose", "very",
+    "of", "for", "with", "from", "into", "onto", "upon", "about", "at", "by", "to", "toward", "towards",
+    "via", "per", "during", "between", "among", "amongst", "including", "regarding", "as",
+    "i", "we", "they", "he", "she",
+    "i'm", "we're", "you're", "they're", "he's", "she's", "it's", "that's", "there's", "here's", "what's",
+    "who's", "let's", "i've", "we've", "you've", "they've", "i'd", "we'd", "you'd", "they'd", "he'd", "she'd",
+    "i'll", "we'll", "you'll", "they'll", "he'll", "she'll", "it'll", "that'll", "there'll",
+    "gonna", "wanna", "gotta",
 })
+# "on"/"in" need an object unless they are a verb's particle ("go on", "log in", "count me in").
+_OBJECTS = ("me", "you", "us", "them", "him", "her", "it")
+EN_PARTICLE_VERBS = {
+    "on": frozenset({"go", "goes", "going", "went", "gone", "come", "comes", "coming", "came", "move", "moving",
+                     "moved", "carry", "carrying", "hold", "holding", "later", "so", "now", "turn", "turned", "log",
+                     "logged", "put", "keep", "kept", "get", "got", "getting", "catch", "caught", "hang", "early",
+                     "further", "sign", "signed", "switch", "switched", "try", "tried", "and", *_OBJECTS}),
+    "in": frozenset({"come", "comes", "coming", "came", "log", "logged", "sign", "signed", "check", "checked",
+                     "fill", "join", "joined", "opt", "plug", "plugged", "chip", "count", "all", "get", "got",
+                     "settle", "settled", "move", "moved", "lock", "locked", "kick", "kicked", "cash", "break",
+                     "broke", "buy", "bought", "dive", "jump", "pitch", "step", "stepped", "stay", "staying",
+                     "i'm", "we're", "you're", "they're", "he's", "she's", "it's", *_OBJECTS}),
+}
+# An auxiliary or modal at the end leaves its verb to come ("the budget is", "our team would"),
+# unless it is an elliptical answer after a pronoun ("yes, it is", "we can", "I think we should")
+# or ends an embedded question ("that's where the problem is", "I know what the price was").
+EN_AUXILIARIES = frozenset({
+    "is", "are", "was", "were", "am", "be", "been", "have", "has", "had", "do", "does", "did", "can", "could",
+    "will", "would", "shall", "should", "may", "might", "must",
+})
+EN_ELLIPSIS_BEFORE = frozenset({
+    "i", "you", "we", "they", "he", "she", "it", "that", "this", "there", "here", "who", "which", "what", "so",
+    "not", "too", "also", "really", "still", "all", "one", "ones", "certainly", "definitely", "probably",
+    "already", "never", "always", "surely", "indeed", "sure", "me", "us", "them", "him", "her",
+})
+EN_EMBEDDED_QUESTION = frozenset({"where", "what", "how", "who", "which", "whatever", "wherever", "however", "why"})
 EN_SO_COMPLETE = frozenset({  # "... I think so." is an ending; "..., so" is not
     "think", "hope", "guess", "believe", "suppose", "imagine", "expect", "said", "say", "not", "do",
     "did", "why", "seems", "seem", "so", "or", "is", "be",
 })
 EN_PHRASES = ("kind of", "sort of", "such as", "as well as", "in order to", "rather than", "and then",
               "and so", "so that", "the thing is")
+EN_COMPLETE_PHRASES = ("and so on", "for the time being", "as well", "as usual", "as always", "as such",
+                       "as soon as possible", "as far as i know")
 
 # --- Mandarin ----------------------------------------------------------------------------------
+# Conjunctions, fillers and clause openers, and function words a sentence cannot end on:
+# prepositions and coverbs (把 被 让 比 从 向 对于 关于 为了…), aspect/time words that need a verb
+# (正在 已经 将), "百分之" before its number, "问题是"-style frames. Not 的 ("是的", "挺好的",
+# "我们是做软件的" all end on it), 在 ("他不在"), 是/要/会/能/可以 ("是。", "我要。", "可以。"
+# are whole answers) or a bare pronoun ("是我们"): each ends complete sentences too often.
 ZH_CUES = (
     "我觉得", "我认为", "我想", "我是说", "就是说", "也就是", "比如说", "比如", "因为", "所以", "然后",
     "但是", "可是", "不过", "而且", "还有", "并且", "或者", "还是", "如果", "虽然", "那么", "那个",
     "这个", "就是", "的话", "以及", "以便", "另外", "首先", "其次", "嗯", "呃", "和", "跟", "与",
+    "把", "被", "让", "比", "从", "向", "往", "对于", "关于", "为了", "除了", "根据", "按照", "正在",
+    "已经", "将", "及", "百分之", "只要", "即使", "尽管", "假如", "要是", "无论", "一边", "其实",
+    "问题是", "关键是", "主要是", "意思是", "重点是", "原因是", "因此", "于是", "接着",
 )
 
 # --- backchannels ------------------------------------------------------------------------------
@@ -65,6 +117,30 @@ ZH_BACKCHANNELS = (
 _HUM = re.compile(r"^[mh]*m[mh]*$")  # "mm", "mmm", "hmm", "mhm", "mmhmm": however many letters ASR writes
 MAX_BACKCHANNEL_WORDS = 4  # "oh yeah, right, okay" is still listening; five words are a reply
 
+# The ASR's odds (``EndingOdds``) that say "the speaker broke off": a "go on" mark this likely, or a
+# full stop this unlikely, right after the last word.
+TRAILS_OFF_MORE = 0.1
+TRAILS_OFF_STOP = 0.3
+# ...but only after a few words: after a whole short answer ("Yes.", "I see.", "Maybe next year.")
+# Whisper's odds of a comma are as high as after a fragment (0.1-0.3), since such answers are
+# so often followed by more in its training text.
+TRAILS_OFF_MIN_WORDS = 4
+TRAILS_OFF_MIN_HAN = 6
+ASR_TRAILS_OFF = "…?"  # the cue's name when only the odds say it
+
+
+class Odds(Protocol):
+    """``media_pipeline.engines.asr.base.EndingOdds`` (words.py stays free of engine imports)."""
+
+    more: float
+    stop: float
+
+
+def trails_off(odds: Odds | None) -> bool:
+    """The ASR's own odds say the speech broke off mid-thought (False when it gave none)."""
+    return odds is not None and (odds.more >= TRAILS_OFF_MORE or odds.stop < TRAILS_OFF_STOP)
+
+
 _PUNCT = re.compile(r"[^\w\s'’-]+", re.UNICODE)
 _MORE_TO_COME = ("…", "...", ",", "，", "、", "-", "—", "–")
 
@@ -85,11 +161,28 @@ def _words(text: str) -> list[str]:
     return [w.strip("-'") for w in text.split() if w.strip("-'")]
 
 
-def trailing_cue(text: str, language: str = "en") -> str:
-    """The words ``text`` ends on that say "more to come", or "" if its ending could be a full stop."""
+def _long_enough(text: str, language: str) -> bool:
+    if _chinese(text, language):
+        return sum(map(_is_cjk, text)) >= TRAILS_OFF_MIN_HAN
+    return len(_words(text)) >= TRAILS_OFF_MIN_WORDS
+
+
+def trailing_cue(text: str, language: str = "en", odds: Odds | None = None) -> str:
+    """The words ``text`` ends on that say "more to come", or "" if its ending could be a full stop.
+
+    ``odds``: the ASR's ending odds for ``text`` (``EndingOdds``), if it gave them; they count
+    (as ``ASR_TRAILS_OFF``) only where no word says it already.
+    """
     stripped = text.strip()
     if not stripped:
         return ""
+    cue = _word_cue(stripped, language)
+    if not cue and trails_off(odds) and _long_enough(stripped, language):
+        return ASR_TRAILS_OFF
+    return cue
+
+
+def _word_cue(stripped: str, language: str) -> str:
     ending = next((end for end in _MORE_TO_COME if stripped.endswith(end)), "")
     if ending:
         return ending
@@ -105,10 +198,19 @@ def trailing_cue(text: str, language: str = "en") -> str:
     for phrase in EN_PHRASES:
         if tail == phrase or tail.endswith(" " + phrase):
             return phrase
+    for phrase in EN_COMPLETE_PHRASES:
+        if tail == phrase or tail.endswith(" " + phrase):
+            return ""
     last = words[-1]
-    if last == "so" and len(words) > 1 and words[-2] in EN_SO_COMPLETE:
+    before = words[-2] if len(words) > 1 else ""
+    if last == "so" and before in EN_SO_COMPLETE:
         return ""
     if last in EN_CONJUNCTIONS or last in EN_FILLERS or last in EN_UNFINISHED:
+        return last
+    if last in EN_PARTICLE_VERBS and before and before not in EN_PARTICLE_VERBS[last]:
+        return last
+    if last in EN_AUXILIARIES and before and before not in EN_ELLIPSIS_BEFORE and before not in EN_AUXILIARIES \
+            and not EN_EMBEDDED_QUESTION.intersection(words[-5:-1]):
         return last
     return ""
 

@@ -54,7 +54,19 @@ export class ChunkClient extends EventTarget {
     });
     socket.on("avatar-response", (d) => this._emit("play", { audioUrl: d?.audioUrl, videoUrl: d?.videoUrl, duration: d?.duration }));
     socket.on("session-ended", (d) => this._onEnded(d || {}));
-    socket.on("error", (d) => this._emit("error", { code: d?.code || "ERR_UNKNOWN", message: d?.message || "", details: d?.details || {} }));
+    socket.on("error", (d) => {
+      if (d?.details?.reason === "media_worker_lost" && this.started && !this.ended) {
+        // The server's media worker for this call stopped; the session lives on. Start it again
+        // (another worker takes it; streamReset restarts the recorder) instead of showing an error.
+        this.suspended = true;
+        const delayMs = d.details.retry_after || 1000;
+        this._setState("reconnecting");
+        this._emit("reconnecting", { attempt: 1, delayMs, max: 1 });
+        setTimeout(() => this.socket?.emit("start-session", { sessionId: this.sessionId }), delayMs);
+        return;
+      }
+      this._emit("error", { code: d?.code || "ERR_UNKNOWN", message: d?.message || "", details: d?.details || {} });
+    });
     socket.on("disconnect", (reason) => {
       if (this.ended) return;
       if (reason === "io server disconnect") {
@@ -107,6 +119,7 @@ export class ChunkClient extends EventTarget {
 
   _onStarted(d) {
     const resumed = this.started;
+    this.suspended = false;
     this.sessionId = d.sessionId || this.sessionId;
     if (resumed && d.streamReset) {
       // The server lost our stream (restart, other process): begin a new WebM stream at offset 0.
@@ -180,7 +193,7 @@ export class ChunkClient extends EventTarget {
   }
 
   _sendChunk(offset, audioData) {
-    if (!this.socket?.connected || !this.sessionId) return;
+    if (!this.socket?.connected || !this.sessionId || this.suspended) return;
     this.socket.emit("audio-chunk", { sessionId: this.sessionId, audioData, offset, totalChunks: this.offset });
   }
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from asgiref.sync import sync_to_async
 
-from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
+from media_pipeline.chunked.turns import ChunkTurns, load_call_facts
 from roleplay import services
 from roleplay.models import RealtimeSession
+from signaling.socketio_events import to_wire
 from tests.audio_fixtures import speak_pcm16
 from tests.cloud.conftest import BUYER_DELTAS, HEARD
 from tests.cloud.fakes import KEY
@@ -71,7 +72,8 @@ async def test_it_answers_a_zh_chunk_turn_and_reports_dead_engines_with_their_co
     info = await load_call_facts(zh_session.pk)
     turns = ChunkTurns(info, {"format": "pcm16", "sampleRate": 16000})
     events = Events()
-    turns.bind(events.emit, _close)
+    # The Socket.IO words the consumer would send (signaling.socketio_events maps the neutral events).
+    turns.bind(lambda kind, data: events.emit(*to_wire(kind, data)), _close)
     try:
         await say(turns, "您好，我想介绍一下我们的新软件。")
         assert (await events.expect("transcription"))["text"] == HEARD

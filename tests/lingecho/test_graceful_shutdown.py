@@ -207,6 +207,17 @@ def _port_closed(port: int) -> bool:
         return True
 
 
+def _answers(port: int) -> bool:
+    """Whether the server answers HTTP (its reactor runs, so its signal handlers are installed)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def _wait_until_processed(db: Path, session_id: str, timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -292,7 +303,7 @@ async def test_sigterm_to_a_scaled_server_hangs_up_the_pinned_worker_which_store
     stack.start()
     try:
         stack.start_worker("worker")
-        await asyncio.sleep(4)  # boots, loads models, beats
+        await asyncio.to_thread(stack.wait_for_media_workers, 1)
         peer, client = await _mid_call(stack)
         signalled = time.monotonic()
         stack.procs["daphne"].send_signal(signal.SIGTERM)
@@ -329,13 +340,23 @@ def test_sigint_stops_an_idle_server_through_the_same_drain(tmp_path):
                    capture_output=True, timeout=120)
     port = free_port()
     with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen(server_command(port), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while _port_closed(port):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=DRAIN_SECONDS) == 0
+        # SIGINT as a terminal delivers it: a suite started in the background (`make test &`, some CI
+        # runners) ignores SIGINT, children inherit that, and Python then installs no handler for it.
+        proc = subprocess.Popen(server_command(port), cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            # An answered request, not an open port: the port listens before the reactor runs and
+            # installs its signal handlers, and a SIGINT in between is lost (the server never stops).
+            deadline = time.monotonic() + 30
+            while not _answers(port):
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=DRAIN_SECONDS) == 0
+        finally:
+            if proc.poll() is None:  # a failed assertion must not leave the server running
+                proc.kill()
+                proc.wait()
     summary = _drain_summary((tmp_path / "server.log").read_text())
     assert summary.startswith("0 calls") and "after-call jobs done" in summary
 

@@ -14,6 +14,13 @@ def call_session(transactional_db, alice, scenario) -> RealtimeSession:
     return services.session_create(trainee=alice, scenario=scenario, transport=RealtimeSession.Transport.WEBRTC)
 
 
+@pytest.fixture
+def chunk_session(transactional_db, bob, scenario, monkeypatch) -> RealtimeSession:
+    # After-call processing is another area's job and would outlive the test's database.
+    monkeypatch.setattr(services, "_dispatch_post_session", lambda session_id: None)
+    return services.session_create(trainee=bob, scenario=scenario, transport=RealtimeSession.Transport.CHUNK)
+
+
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import websockets
 
-from tests.live_server import free_port, isolated_env, server_command
+from tests.live_server import free_port, isolated_env, prepared_database, server_command
 from tests.media_pipeline.voice_client import VoiceClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,16 +36,19 @@ def redis_reachable(url: str = REDIS_URL) -> bool:
 
 
 class LiveStack:
-    def __init__(self, tmp: Path, *, scaled: bool = False) -> None:
+    def __init__(self, tmp: Path, *, scaled: bool = False, redis_url: str = REDIS_URL) -> None:
+        """``redis_url``: the Redis database a scaled stack uses (flushed at start); a bench passes a
+        database of its own so it never crosses a test run's channels and heartbeats."""
         self.tmp = tmp
         self.scaled = scaled
+        self.redis_url = redis_url
         self.env = {
             **isolated_env(tmp),
             "LOG_LEVEL": "WARNING",
             "MAX_LIVE_SESSIONS_PER_USER": "100",  # tests and benches reuse one trainee
         }
         if scaled:
-            self.env.update({"REDIS_URL": REDIS_URL, "MEDIA_WORKER_MODE": "external", "CELERY_TASK_ALWAYS_EAGER": "1"})
+            self.env.update({"REDIS_URL": redis_url, "MEDIA_WORKER_MODE": "external", "CELERY_TASK_ALWAYS_EAGER": "1"})
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.token = ""
@@ -59,10 +63,8 @@ class LiveStack:
         if self.scaled:
             import redis
 
-            redis.Redis.from_url(REDIS_URL).flushdb()
-        self.manage("migrate", "--noinput")
-        self.manage("create_demo_data")
-        self.token = self.manage("issue_token", "trainee").splitlines()[-1]
+            redis.Redis.from_url(self.redis_url).flushdb()
+        self.prepare()
         self.spawn("daphne", server_command(self.port))
         deadline = time.monotonic() + 30
         while True:
@@ -77,6 +79,11 @@ class LiveStack:
         time.sleep(3)  # the worker loads ASR/VAD/TTS in the background: measure warm, as in production
         return self
 
+    def prepare(self) -> None:
+        """The stack's SQLite file migrated with the demo data, and a trainee token (a copy of this
+        process's template: tests/live_server.py ``prepared_database``)."""
+        self.token = prepared_database(self.env)
+
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "w")  # noqa: SIM115 - lives as long as the process
         self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -84,6 +91,25 @@ class LiveStack:
 
     def start_worker(self, name: str) -> subprocess.Popen:
         return self.spawn(name, [sys.executable, "manage.py", "runworker", "media"])
+
+    def wait_for_media_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Until /readyz counts ``count`` live media workers: each one's heartbeat is in the channel
+        layer's cache, so an offer sent now can be pinned to it (``runworker media`` takes a few
+        seconds to import and beat; a fixed sleep would either waste them or be too short)."""
+        deadline = time.monotonic() + timeout
+        live = -1
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                request = urllib.request.Request(f"http://127.0.0.1:{self.port}/readyz")
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        live = json.load(response)["checks"]["media_worker"]["live"]
+                except urllib.error.HTTPError as unavailable:  # 503 until a worker is live
+                    live = json.load(unavailable)["checks"]["media_worker"]["live"]
+            if live >= count:
+                return
+            assert time.monotonic() < deadline, f"{live} live media workers, not {count}, after {timeout} s"
+            time.sleep(0.2)
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)

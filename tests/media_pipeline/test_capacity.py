@@ -1,10 +1,12 @@
 """Admission control: past MAX_CALLS_PER_WORKER a new call is refused with a clear "all lines busy"
 (ERR_RATE_LIMIT, reason capacity, retry_after) and the call in progress carries on; with two workers
-a full one hands the offer to the one with room. Real aiortc clients through the channel-layer contract."""
+a full one hands the offer to the one with room, and a busier one a fresh offer to the one with fewer
+calls. Real aiortc clients through the channel-layer contract."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -77,15 +79,30 @@ async def test_a_call_over_capacity_is_refused_and_the_call_in_progress_carries_
         await second.close()
 
 
-async def test_a_full_worker_hands_the_offer_to_a_worker_with_room(media_worker, scenario, settings):
+@contextlib.asynccontextmanager
+async def second_worker(media_worker, scenario, calls: int, name: str, *, serve_shared: bool = False):
+    """A second media worker on media_worker's layer, and ``calls`` sessions with a peer and a client
+    each; all stopped afterwards."""
     from media_pipeline.worker import MediaWorker
 
-    settings.MAX_CALLS_PER_WORKER = 1
     other = MediaWorker(media_worker.layer)
-    await other.ensure_started(serve_shared=True)
-    peers = [await ContractPeer(media_worker.layer, await new_session(scenario, f"u{i}")).start() for i in range(3)]
-    clients = [VoiceClient("pcma") for _ in range(3)]
+    await other.ensure_started(serve_shared=serve_shared)
+    peers = [await ContractPeer(media_worker.layer, await new_session(scenario, f"{name}{i}")).start()
+             for i in range(calls)]
+    clients = [VoiceClient("pcma") for _ in range(calls)]
     try:
+        yield other, peers, clients
+    finally:
+        for peer in peers:
+            await peer.stop()
+        for client in clients:
+            await client.close()
+        await other.stop()
+
+
+async def test_a_full_worker_hands_the_offer_to_a_worker_with_room(media_worker, scenario, settings):
+    settings.MAX_CALLS_PER_WORKER = 1
+    async with second_worker(media_worker, scenario, 3, "u", serve_shared=True) as (other, peers, clients):
         for peer, client in zip(peers[:2], clients[:2], strict=True):
             await connect(peer, client)
         # One call on each worker, wherever each offer landed first.
@@ -96,12 +113,48 @@ async def test_a_full_worker_hands_the_offer_to_a_worker_with_room(media_worker,
         error = await peers[2].expect("error", timeout=10)
         assert error["data"]["details"]["reason"] == "capacity"
         assert peers[2].session_id not in media_worker.sessions and peers[2].session_id not in other.sessions
-    finally:
-        for peer in peers:
-            await peer.stop()
-        for client in clients:
-            await client.close()
-        await other.stop()
+
+
+async def test_a_new_call_goes_to_the_worker_with_fewer_calls(media_worker, scenario, settings):
+    """Which worker takes an offer from the shared channel is a race (Redis serves waiting workers in
+    turn), not the load; here media_worker wins every race (the other serves only its own channel).
+    A worker holding more calls than another live one passes a fresh offer there: four calls end
+    two and two, with no limit set, and an offer passed on once is not passed back."""
+
+    settings.MAX_CALLS_PER_WORKER = 0  # no limit: the spread comes from the load, not from a full worker
+    balanced_before = metrics.CALLS_BALANCED_TOTAL._value.get()
+    # The other serves its pinned channel only: every offer reaches media_worker first.
+    async with second_worker(media_worker, scenario, 4, "b") as (other, peers, clients):
+        for peer, client in zip(peers, clients, strict=True):
+            await connect(peer, client)
+        here, there = media_worker.channel, other.channel
+        assert [peer.worker_channel for peer in peers] == [here, there, here, there]
+        assert media_worker.live_calls() == other.live_calls() == 2
+        assert metrics.CALLS_BALANCED_TOTAL._value.get() == balanced_before + 2
+
+
+async def test_an_offer_delivered_to_two_workers_is_taken_by_one(media_worker, scenario):
+    """channels-redis can hand one message of a shared channel to two readers (its in-flight list is
+    shared, django/channels_redis#163): the second worker to get an offer finds it claimed and drops it,
+    so the caller gets one answer."""
+    from media_pipeline.contract import to_worker
+
+    dropped_before = metrics.OFFERS_DUPLICATED_TOTAL._value.get()
+    async with second_worker(media_worker, scenario, 1, "dup") as (other, (peer,), (client,)):
+        offer, _ = await client.offer()
+        message = to_worker("media.offer", session_id=peer.session_id, reply_channel=peer.reply_channel,
+                            scenario_id=0, user_id=0, offer_id=1, **offer)
+        await media_worker.layer.send(media_worker.channel, message)
+        await peer.expect("answer")
+        await media_worker.layer.send(other.channel, message)  # the same offer, delivered again
+        for _ in range(100):
+            if metrics.OFFERS_DUPLICATED_TOTAL._value.get() > dropped_before:
+                break
+            await asyncio.sleep(0.02)
+        assert metrics.OFFERS_DUPLICATED_TOTAL._value.get() == dropped_before + 1
+        assert (media_worker.live_calls(), other.live_calls()) == (1, 0)
+        await asyncio.sleep(0.2)
+        assert len(peer.of_type("answer")) == 1
 
 
 def test_the_interim_budget_is_shared_and_refills():
@@ -111,3 +164,72 @@ def test_the_interim_budget_is_shared_and_refills():
     now[0] += 0.5  # one more unit at 2 per second
     assert [budget.try_take(), budget.try_take()] == [True, False]
     assert all(RateBudget(0).try_take() for _ in range(100))  # 0 = no budget
+
+
+async def test_calls_scored_together_by_the_vad_batcher_each_hear_their_own_trainee(media_worker, scenario):
+    """Three live calls speak different sentences at once: their VAD hops share the VAD thread's
+    passes (vad_batch), and each call's own Silero state and endpointer still end its own turn."""
+    from media_pipeline.engine_pool import get_engines
+    from media_pipeline.vad_batch import vad_batcher
+
+    batcher = vad_batcher(get_engines().vad_pool)
+    hops_before = batcher.hops
+    said = ["How do you handle your invoices today?", "What would it take to get a pilot started?",
+            "Hello, I would like to tell you about our new software."]
+    keys = ["invoice", "pilot", "software"]
+    peers = [await ContractPeer(media_worker.layer, await new_session(scenario, f"b{i}")).start() for i in range(3)]
+    clients = [VoiceClient("opus") for _ in range(3)]  # a browser's codec: the words survive it best
+    try:
+        for peer, client in zip(peers, clients, strict=True):
+            await connect(peer, client)
+            await peer.send("media.asr_start", language="en", format="opus", sample_rate=client.track.rate,
+                            mode="auto")
+        for client, text in zip(clients, said, strict=True):
+            client.track.play(speak(text, rate=client.track.rate))
+            client.track.play(silence(1500, client.track.rate))
+        results = await asyncio.gather(*(peer.expect("asr_result", timeout=30) for peer in peers))
+        for result, key, others in zip(results, keys, [keys[1:], keys[::2], keys[:2]], strict=True):
+            text = result["data"]["text"].lower()
+            assert key in text and not any(other in text for other in others), text
+        assert batcher.hops > hops_before
+    finally:
+        for peer in peers:
+            await peer.stop()
+        for client in clients:
+            await client.close()
+
+
+async def test_every_outbound_track_sends_on_one_shared_20_ms_grid():
+    """Frames of all calls fall due on the same 20 ms points, so one loop wake-up serves them all."""
+    from media_pipeline.webrtc.outbound import OutboundAudioTrack, grid_after
+
+    assert grid_after(0.031) == pytest.approx(0.04) and grid_after(0.04) == pytest.approx(0.04)
+    tracks = [OutboundAudioTrack(8000) for _ in range(3)]
+    for track in tracks:
+        await track.recv()
+        await asyncio.sleep(0.007)  # the calls start at different phases
+    for track in tracks:
+        await track.recv()
+        assert track._start / 0.02 == pytest.approx(round(track._start / 0.02), abs=1e-6)
+        track.stop()
+
+
+def test_interims_wait_while_any_asr_decode_runs_even_with_a_free_thread():
+    """Finals first: an interim started beside a final would take half the two cores from it."""
+    import dataclasses
+    import threading
+
+    from media_pipeline.engine_pool import get_engines
+    from media_pipeline.executor import BoundedExecutor
+
+    with BoundedExecutor("asr-idle-test", max_workers=2, max_queue=2) as pool:
+        engines = dataclasses.replace(get_engines(), asr_pool=pool)
+        assert engines.asr_idle()
+        gate, started = threading.Event(), threading.Event()
+        job = pool.submit(lambda: (started.set(), gate.wait(30)))
+        assert started.wait(30)
+        assert pool.running == 1 < pool.max_workers  # a thread is free...
+        assert not engines.asr_idle()  # ...and still no interim
+        gate.set()
+        job.result(timeout=30)
+        assert engines.asr_idle()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from media_pipeline import engine_pool
-from media_pipeline.chunk_turns import ChunkTurns, load_call_facts
+from media_pipeline.chunked.turns import ChunkTurns, load_call_facts
+from media_pipeline.contract import ChunkEvent
 from media_pipeline.engines.asr.faster_whisper import FasterWhisperEngine
 from roleplay import services
 from roleplay.models import RealtimeSession
@@ -60,17 +61,12 @@ def windows_decoded(monkeypatch) -> list[float]:
     return seen
 
 
-@pytest.fixture
-def chunk_session(transactional_db, bob, scenario) -> RealtimeSession:
-    return services.session_create(trainee=bob, scenario=scenario, transport=RealtimeSession.Transport.CHUNK)
-
-
 async def _closed(reason: str) -> None:
     return None
 
 
 async def chunk_turn(session: RealtimeSession, text: str) -> dict[str, Any]:
-    """One spoken turn on the chunk path; returns its ``transcription`` event."""
+    """One spoken turn on the chunk path; returns its final transcript event (``ChunkEvent.HEARD``)."""
     events: list[tuple[str, dict[str, Any]]] = []
 
     async def emit(name: str, data: dict[str, Any]) -> None:
@@ -84,7 +80,7 @@ async def chunk_turn(session: RealtimeSession, text: str) -> dict[str, Any]:
         await turns.idle()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            heard = [data for name, data in events if name == "transcription"]
+            heard = [data for name, data in events if name == ChunkEvent.HEARD]
             if heard:
                 return heard[0]
             await asyncio.sleep(0.05)
@@ -117,3 +113,17 @@ async def test_the_chunk_path_decodes_with_the_same_window_as_webrtc(whisper_mod
     assert windows_decoded, "the final took the short-window path"
     assert set(windows_decoded) == {settings.ASR_WINDOW_SECONDS}
     assert engine_pool.get_engines().asr.window_s == settings.ASR_WINDOW_SECONDS
+
+
+def test_the_after_call_model_is_never_the_live_one(whisper_models, settings):
+    """Same file, same threads, same replicas: the re-transcription still gets its own model, so a
+    whole recording decoding in the embedded server never holds the replicas live finals need."""
+    from media_pipeline import retranscribe
+    from roleplay.transcription import RetranscribeOptions
+
+    settings.ASR_CPU_THREADS = settings.ARCHIVE_ASR_CPU_THREADS = 1
+    live = FasterWhisperEngine(cpu_threads=1, num_workers=1).model
+    archive = retranscribe._engine(RetranscribeOptions(cpu_threads=1)).model
+    assert archive is not live
+    assert len(whisper_models) == 2
+    assert FasterWhisperEngine(cpu_threads=1, num_workers=1).model is live, "live engines still share theirs"

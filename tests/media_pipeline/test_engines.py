@@ -47,6 +47,25 @@ def test_it_speaks_english_that_whisper_understands(asr):
     assert transcript.duration_s == pytest.approx(len(speech) / RATE)
 
 
+def test_a_live_decode_gives_the_odds_that_the_speech_goes_on():
+    """Whisper's own odds of "…"/","/"-" right after the last word: high where the speaker broke off,
+    low after a finished sentence (``turns.words.trails_off`` holds the turn on them)."""
+    from media_pipeline.engine_pool import asr_options
+    from media_pipeline.turns.words import TRAILS_OFF_MORE, trailing_cue
+
+    live = get_asr_engine("faster_whisper", **asr_options())  # the 10 s window a call decodes with
+    finished = [live.transcribe(np.concatenate([silence(300), speak(text), silence(100)]), language="en")
+                for text in ("Could you tell me who else is involved in the decision?",
+                             "What would it take to get a pilot started?")]  # words tiny.en hears whole
+    broken_off = [live.transcribe(np.concatenate([silence(300), speak(text), silence(100)]), language="en")
+                  for text in ("We are planning to", "The main problem is")]
+    assert all(t.ending is not None for t in finished + broken_off)
+    assert all(t.ending.more < TRAILS_OFF_MORE < b.ending.more for t in finished for b in broken_off), \
+        [t.ending for t in finished + broken_off]
+    assert [trailing_cue(t.text, "en", t.ending) for t in finished] == ["", ""]
+    assert get_asr_engine("faster_whisper").transcribe(speak("The main problem is"), language="en").ending is None
+
+
 def test_it_gives_word_timestamps_inside_the_audio(asr):
     speech = np.concatenate([silence(300), speak("The budget is approved.")])
     transcript = asr.transcribe(speech, language="en", word_timestamps=True)
@@ -314,3 +333,97 @@ def test_it_measures_event_loop_lag():
     asyncio.run(stall())
     after = REGISTRY.get_sample_value("lingecho_event_loop_lag_hist_seconds_sum", {"loop": "test"})
     assert after - before >= 0.08
+
+
+# --- VAD batching across calls ------------------------------------------------------------------
+
+def test_one_vad_pass_scores_every_waiting_call_and_keeps_each_calls_state():
+    """Six calls' hops queued while the VAD thread is busy go in one pass, and each call's Silero
+    state is its own: the probabilities equal scoring each stream alone, hop by hop."""
+    from media_pipeline.vad_batch import VADBatcher
+
+    model = get_vad_model()
+    speech = speak("We close the quarter on Friday, so I need the numbers today.")
+    clips = [np.concatenate([silence(200 * k), speech, silence(600)]) for k in range(6)]
+    hop = 512 * 3
+    hops = [[clip[i : i + hop] for i in range(0, len(clip), hop)] for clip in clips]
+    expected = []
+    for parts in hops:
+        alone = model.create_stream()
+        expected.append(np.concatenate([alone.feed(p) for p in parts]))
+
+    async def run() -> tuple[list[np.ndarray], VADBatcher]:
+        with BoundedExecutor("vad-batch-test", max_workers=1, max_queue=16, block=True, timeout=30) as pool:
+            batcher = VADBatcher(pool)
+            streams = [model.create_stream() for _ in hops]
+            gate = threading.Event()
+            pool.submit(gate.wait, 30)  # the VAD thread is busy: the first hops all queue up
+            firsts = [asyncio.ensure_future(batcher.score(s.feed, parts[0]))
+                      for s, parts in zip(streams, hops, strict=True)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            got = [[p] for p in await asyncio.gather(*firsts)]
+            assert (batcher.passes, batcher.hops) == (1, len(hops))
+
+            async def rest(stream, parts, out):
+                for part in parts[1:]:
+                    out.append(await batcher.score(stream.feed, part))
+
+            await asyncio.gather(*(rest(s, parts, out) for s, parts, out in zip(streams, hops, got, strict=True)))
+            return [np.concatenate(out) for out in got], batcher
+
+    got, batcher = asyncio.run(run())
+    assert batcher.hops == sum(len(parts) for parts in hops)
+    for mine, alone in zip(got, expected, strict=True):
+        np.testing.assert_allclose(mine, alone, atol=1e-5)
+        assert mine.max() > 0.8  # the speech was heard, not just zeros compared with zeros
+
+
+def test_a_failing_hop_fails_only_its_own_call():
+    from media_pipeline.vad_batch import VADBatcher
+
+    model = get_vad_model()
+
+    async def run() -> tuple[Exception | None, np.ndarray]:
+        with BoundedExecutor("vad-batch-fail", max_workers=1, max_queue=4, block=True, timeout=30) as pool:
+            batcher = VADBatcher(pool)
+            bad, good = model.create_stream(), model.create_stream()
+            broken = np.full(1024, np.nan, dtype=np.float32)
+            results = await asyncio.gather(batcher.score(bad.feed, broken), batcher.score(good.feed, speak("Hello.")),
+                                           return_exceptions=True)
+            return results[0], results[1]
+
+    error, probs = asyncio.run(run())
+    assert isinstance(error, ValueError) and "NaN" in str(error)
+    assert isinstance(probs, np.ndarray) and probs.size > 0
+
+
+def test_a_full_vad_queue_refuses_the_hop():
+    from media_pipeline.vad_batch import VADBatcher
+
+    async def run() -> None:
+        with BoundedExecutor("vad-batch-full", max_workers=1, max_queue=1, block=True, timeout=30) as pool:
+            batcher = VADBatcher(pool)  # capacity 2
+            gate = threading.Event()
+            pool.submit(gate.wait, 30)
+            waiting = [asyncio.ensure_future(batcher.score(lambda x: x, k)) for k in range(2)]
+            await asyncio.sleep(0.01)
+            with pytest.raises(EngineBusy):
+                await batcher.score(lambda x: x, 2)
+            gate.set()
+            assert await asyncio.gather(*waiting) == [0, 1]
+
+    asyncio.run(run())
+
+
+def test_the_engine_pool_leaves_numpys_blas_one_thread_that_does_not_spin():
+    from media_pipeline import engine_pool
+    from media_pipeline.native_threads import blas_threads, limit_blas_threads
+
+    limit_blas_threads(2)  # numpy's own start on this two-core machine (a worker thread that spins)
+    saved, engine_pool._engines = engine_pool._engines, None  # the pool sets it when it is created
+    try:
+        engine_pool.get_engines()
+    finally:
+        engine_pool._engines = saved or engine_pool._engines
+    assert blas_threads() and set(blas_threads()) == {1}

@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from media_pipeline import heartbeat
-from media_pipeline.peer import offered_audio_codecs, with_candidates
+from media_pipeline.webrtc.peer import offered_audio_codecs, with_candidates
 from roleplay.analytics import talk_ratio
 from roleplay.analytics.metrics import Spoken
 from roleplay.models import RealtimeSession, Utterance
@@ -254,7 +254,7 @@ async def test_it_recovers_from_garbage_payloads(media_worker, contract_peer, ca
 
 
 async def test_it_reports_ice_that_never_connects(media_worker, contract_peer, monkeypatch):
-    from media_pipeline import pipeline
+    from media_pipeline.webrtc import call as pipeline
 
     monkeypatch.setattr(pipeline, "ICE_CONNECT_TIMEOUT_SECONDS", 1.0)
     client = VoiceClient("pcma")

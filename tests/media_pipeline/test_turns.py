@@ -11,8 +11,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 from media_pipeline.executor import BoundedExecutor
 from media_pipeline.listening import TURN_PRESPEECH_SAMPLES, Listening
-from media_pipeline.turns import load_turn_detector, smart_turn
+from media_pipeline.turns import load_turn_detector, smart_turn, turn_policy
 from media_pipeline.turns.base import Verdict
+from media_pipeline.turns.policy import TurnPolicy
+from media_pipeline.turns.silence import SilenceDetector
 from media_pipeline.turns.smart_turn import SmartTurnDetector, SmartTurnMissing
 from media_pipeline.turns.words import is_backchannel, trailing_cue
 from tests.audio_fixtures import silence, speak
@@ -42,6 +44,7 @@ def turn_settings(settings):
     settings.TURN_ASK_SILENCE_MS = 192  # 6 windows
     settings.TURN_PATIENCE_MS = 1024  # 32 windows
     settings.TURN_COMPLETE_THRESHOLD = 0.5
+    settings.TURN_REASK_SILENCE_MS = 0  # one question per pause: these tests script one answer each
     return settings
 
 
@@ -183,6 +186,97 @@ def test_an_early_start_that_speech_interrupts_is_not_used(turn_settings):
     assert Listening.decision(end).probability == 0.1, "the answer about the last pause, not the gap's"
 
 
+# --- the tiered policy (TurnPolicy.decide on its own) ------------------------------------------
+def tiered(*probabilities: float) -> tuple[TurnPolicy, ScriptedDetector]:
+    detector = ScriptedDetector(*probabilities)
+    return TurnPolicy(detector, ask_silence_ms=200, patience_ms=2000, threshold=0.5, reask_silence_ms=400,
+                      reask_threshold=0.2), detector
+
+
+AUDIO = np.zeros(RATE, dtype=np.float32)
+
+
+def test_a_confident_complete_ends_now_with_no_second_question():
+    policy, _ = tiered(0.9)
+    verdict = policy.decide(AUDIO)
+    assert (verdict.complete, verdict.ask_again_ms) == (True, None)
+
+
+def test_an_unsure_first_answer_asks_again_later():
+    policy, _ = tiered(0.3)
+    verdict = policy.decide(AUDIO, pause_ms=200)
+    assert (verdict.complete, verdict.ask_again_ms) == (False, 400)
+    policy, _ = tiered(0.3)
+    assert policy.decide(AUDIO).ask_again_ms == 400, "a caller that does not say the pause asks the first question"
+
+
+def test_the_second_question_has_the_lower_bar():
+    policy, detector = tiered(0.25)
+    verdict = policy.decide(AUDIO, pause_ms=416)
+    assert (verdict.complete, verdict.ask_again_ms) == (True, None), "not confidently incomplete after 400 ms"
+    assert len(detector.heard) == 1
+
+
+def test_a_confident_incomplete_at_the_second_question_waits_out_the_patience():
+    policy, _ = tiered(0.05)
+    verdict = policy.decide(AUDIO, pause_ms=416)
+    assert (verdict.complete, verdict.ask_again_ms) == (False, None)
+
+
+def test_an_open_clause_waits_out_the_patience_without_a_model_or_second_question():
+    policy, detector = tiered(0.99)
+    verdict = policy.decide(AUDIO, text="I think we should meet on", pause_ms=200)
+    assert (verdict.complete, verdict.cue, verdict.ask_again_ms, verdict.detector) == (False, "on", None, "words")
+    assert detector.heard == []
+    verdict = policy.decide(AUDIO, text="我们的软件可以把", language="zh", pause_ms=416)
+    assert (verdict.complete, verdict.cue) == (False, "把"), "words that land by the second question count too"
+
+
+def test_the_asrs_odds_alone_hold_the_turn_until_their_wait_then_the_model_decides():
+    from media_pipeline.engines.asr.base import EndingOdds
+
+    policy, detector = tiered(0.9)
+    odds = EndingOdds(more=0.3, stop=0.4)
+    for pause in (200, 416):
+        verdict = policy.decide(AUDIO, text="I understand that the budget", odds=odds, pause_ms=pause)
+        assert (verdict.complete, verdict.cue, verdict.ask_again_ms) == (False, "…?", 1200)
+    assert detector.heard == [], "held without the model"
+    verdict = policy.decide(AUDIO, text="I understand that the budget", odds=odds, pause_ms=1216)
+    assert (verdict.complete, verdict.detector, verdict.ask_again_ms) == (True, "scripted", None)
+    verdict = policy.decide(AUDIO, text="We could start next month, and", odds=odds, pause_ms=1216)
+    assert (verdict.complete, verdict.cue) == (False, "and"), "a word cue still waits out the patience"
+
+
+def test_a_turn_held_on_the_odds_is_asked_a_third_time_and_ends_there(turn_settings):
+    from media_pipeline.engines.asr.base import EndingOdds
+
+    turn_settings.TURN_REASK_SILENCE_MS = 384  # 12 windows
+    turn_settings.TURN_TRAILS_OFF_WAIT_MS = 640  # 20 windows
+    detector = ScriptedDetector(0.3, 0.9)  # unsure at 192 ms; complete when asked after the odds' wait
+    ears = ears_with(detector)
+    run(ears, windows(20), windows(40, SPEECH), windows(8))
+    ears.hear_words("I understand that the budget", 60 * WINDOW, "en", EndingOdds(more=0.3, stop=0.4))
+    (end,) = ends(run(ears, windows(60)))
+    assert end.detected_at - end.sample == 20 * WINDOW, "ended at the odds' wait, not the patience (32)"
+    decision = Listening.decision(end)
+    assert (decision.decision, decision.probability) == ("complete", 0.9)
+
+
+def test_asking_once_is_a_setting_and_the_silence_rule_never_asks_again(settings):
+    policy, _ = tiered(0.3)
+    once = TurnPolicy(policy.detector, reask_silence_ms=0)
+    assert once.decide(AUDIO).ask_again_ms is None
+    settings.TURN_DETECTOR = "auto"
+    settings.TURN_REASK_SILENCE_MS = 480
+    settings.TURN_REASK_THRESHOLD = 0.3
+    policy = turn_policy(ScriptedDetector())
+    assert (policy.reask_silence_ms, policy.reask_threshold) == (480, 0.3)
+    silent = TurnPolicy(SilenceDetector(), ask_silence_ms=400, patience_ms=400)
+    assert silent.reask_silence_ms == 0 and silent.decide(None).ask_again_ms is None
+    assert TurnPolicy(SilenceDetector(), threshold=0.5, reask_threshold=0.9).reask_threshold == 0.5, \
+        "the second bar is never higher than the first"
+
+
 # --- the model ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smart() -> SmartTurnDetector:
@@ -222,6 +316,19 @@ def test_the_model_hears_a_finished_sentence_as_more_complete_than_a_trailing_co
     assert all(v.inference_ms > 0 and v.detector == "smart_turn" for v in finished + trailing)
 
 
+@pytest.mark.parametrize("text", ["We could start next month, and", "So, um"])
+def test_the_model_still_hears_a_trailing_conjunction_at_the_second_question(smart, text):
+    policy = TurnPolicy(smart, reask_silence_ms=400, reask_threshold=0.2)
+    verdict = policy.decide(turn(text, pause_ms=416), pause_ms=416)
+    assert not verdict.complete and verdict.probability < 0.2 and verdict.ask_again_ms is None
+
+
+def test_the_model_lets_a_finished_sentence_end_at_either_question(smart):
+    policy = TurnPolicy(smart, reask_silence_ms=400, reask_threshold=0.2)
+    for pause in (200, 416):
+        assert policy.decide(turn("That sounds good to me.", pause_ms=pause), pause_ms=pause).complete
+
+
 def test_an_explicit_smart_detector_without_its_model_fails_loudly(monkeypatch, settings):
     monkeypatch.setattr(smart_turn, "model_path", lambda: None)
     with pytest.raises(ImproperlyConfigured, match="pipecat-ai"):
@@ -253,6 +360,22 @@ def test_by_default_a_missing_model_falls_back_to_silence_with_a_warning(monkeyp
     ("然后", "然后"),
     ("嗯，那个", "那个"),
     ("我们再考虑一下，", "，"),
+    # function words a sentence cannot end on, with or without Whisper's full stop
+    ("I think we should meet on.", "on"),
+    ("We can talk about it with our", "our"),
+    ("Let me send it to", "to"),
+    ("The pilot would start with", "with"),
+    ("We're based in", "in"),
+    ("I understand that the budget is", "is"),
+    ("Our team would", "would"),
+    ("Yes, we'll", "we'll"),
+    ("I think we're gonna", "gonna"),
+    ("I know that we", "we"),
+    ("我们的软件可以把", "把"),
+    ("大部分客户已经", "已经"),
+    ("我们可以提供百分之", "百分之"),
+    ("问题是", "问题是"),
+    ("这个方案对于", "对于"),
 ])
 def test_it_hears_an_unfinished_ending(text, cue):
     assert trailing_cue(text) == cue
@@ -261,9 +384,29 @@ def test_it_hears_an_unfinished_ending(text, cue):
 @pytest.mark.parametrize("text", [
     "We can ship it on Tuesday.", "I think so.", "Yes, we can.", "Where are you from?", "See you then.",
     "That is what I mean.", "我们明天见面吧。", "好的，没问题。", "",
+    # the same words where they do end a sentence: particles, elliptical answers, embedded questions
+    "Please go on.", "Count me in.", "Hold on.", "Yes, it is.", "I think we should.", "We won't.",
+    "That's where the problem is.", "I know what the price was.", "Thank you.", "I told her.",
+    "and so on", "for the time being", "是的", "挺好的。", "我们是做软件的", "他不在", "可以。", "我要。",
 ])
 def test_it_lets_a_finished_sentence_end(text):
     assert trailing_cue(text) == ""
+
+
+@pytest.mark.parametrize(("text", "more", "stop", "cue"), [
+    ("I understand that the budget.", 0.25, 0.36, "…?"),  # odds of "…" though it wrote a full stop
+    ("We can offer a fifteen percent.", 0.001, 0.002, "…?"),  # nothing likely at all: not a full stop
+    ("I understand that the budget is tight.", 0.05, 0.87, ""),
+    ("Could you tell me who else?", 0.13, 0.51, "…?"),  # a question mark that is not trusted
+    ("I see.", 0.28, 0.40, ""),  # short answers are often followed by more in Whisper's text: not used
+    ("Maybe next year.", 0.31, 0.43, ""),
+    ("We could start next month, and", 0.0, 1.0, "and"),  # the words say it whatever the odds
+])
+def test_the_asrs_odds_of_more_to_come_hold_a_longer_turn(text, more, stop, cue):
+    from media_pipeline.engines.asr.base import EndingOdds
+
+    assert trailing_cue(text, "en", EndingOdds(more=more, stop=stop)) == cue
+    assert trailing_cue(text, "en", None) == ("and" if cue == "and" else "")
 
 
 @pytest.mark.parametrize("text", ["Mm-hmm.", "mm-hm", "Mmmm.", "Uh-huh", "Uh-uh.", "Yeah.", "Right.", "Okay, right.",

@@ -117,13 +117,13 @@ async def test_it_survives_a_killed_media_worker_on_redis(tmp_path):
     stack = LiveStack(tmp_path, scaled=True).start()
     try:
         stack.start_worker("worker-a")
-        await asyncio.sleep(4)  # boots, loads models, beats
+        await asyncio.to_thread(stack.wait_for_media_workers, 1)
         peer = await WsPeer(stack, stack.scenario_id()).start()
         client = VoiceClient("opus")
         await ws_connect_media(peer, client)
         await voice_turn(peer, client, "opus")
         stack.start_worker("worker-b")
-        await asyncio.sleep(4)
+        await asyncio.to_thread(stack.wait_for_media_workers, 2)
         stack.kill("worker-a")
         error = await peer.expect("error", timeout=40, code="ERR_WEBRTC_FAILED")
         assert error["data"]["details"]["error_type"] == "media_worker_lost"

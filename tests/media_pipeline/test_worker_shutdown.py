@@ -4,6 +4,7 @@ and (scaled) a real ``runworker media`` process stopped with SIGTERM or killed w
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -231,6 +232,38 @@ async def test_a_media_reset_in_the_consumer_closes_the_workers_call(consumer_an
 
 
 # --- the idle reaper -------------------------------------------------------------------------------
+
+async def test_runworker_serves_its_pinned_channel_before_any_offer(monkeypatch):
+    """A worker's heartbeat names its pinned channel from boot, and other workers pass offers there
+    (full, or busier): ``runworker media`` reads that channel from its start, not from the first
+    message it happens to win on the shared channel."""
+    from channels.layers import get_channel_layer
+
+    from media_pipeline import worker
+    from media_pipeline.management.commands.runworker import DrainingWorker
+
+    async def no_app(scope, receive, send):  # nothing arrives on the shared channel in this test
+        await receive()
+
+    monkeypatch.setattr(worker, "_worker", None)  # this process's worker, fresh for the test
+    layer = get_channel_layer()
+    runner = DrainingWorker(application=no_app, channels=[MEDIA_CHANNEL], channel_layer=layer)
+    loop = asyncio.get_running_loop()
+    handling = asyncio.ensure_future(runner.handle())
+    media = worker.process_worker()
+    try:
+        reply = await layer.new_channel()
+        await layer.send(media.channel, to_worker("media.hangup", session_id="never-offered", reply_channel=reply,
+                                                  request_id="r1"))
+        answer = await asyncio.wait_for(layer.receive(reply), 5)
+        assert answer["type"] == "media.chunk_done" and answer["request_id"] == "r1"
+    finally:
+        os.kill(os.getpid(), signal.SIGTERM)  # the command's own end: listeners stopped, the worker drained
+        await asyncio.wait_for(handling, 15)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await media.stop()
+
 
 async def test_the_idle_reaper_closes_a_call_nobody_signals_for(media_worker, contract_peer, call_session, settings):
     settings.MEDIA_IDLE_REAP_SECONDS = 1.5

@@ -29,7 +29,7 @@ from roleplay import lifecycle, services
 from roleplay.after_call import job
 from roleplay.models import RealtimeSession
 from roleplay.tasks import process_session
-from tests.live_server import free_port, isolated_env, server_command
+from tests.live_server import free_port, isolated_env, prepared_database, server_command
 from tests.roleplay.recorded_call import make_recorded_session
 from tests.roleplay.test_api import client_for
 from tests.roleplay.test_celery_worker import (  # noqa: F401 - fixtures
@@ -411,9 +411,7 @@ def test_the_embedded_server_ends_and_processes_stale_sessions_by_itself(tmp_pat
     sessions that had locked the trainee out, and processes them; then a new session is allowed."""
     env = isolated_env(tmp_path, SESSION_RESUME_SECONDS="3", SESSION_SWEEP_SECONDS="1", SHUTDOWN_DRAIN_SECONDS="2",
                        MAX_LIVE_SESSIONS_PER_USER="4")
-    manage(env, "migrate", "--noinput")
-    manage(env, "create_demo_data")
-    token = manage(env, "issue_token", "trainee")
+    token = prepared_database(env)
     left_behind = manage(env, "shell", "-c", LEFT_BEHIND)
     port = free_port()
     base = f"127.0.0.1:{port}"

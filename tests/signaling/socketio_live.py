@@ -144,7 +144,7 @@ def webm_opus(samples: np.ndarray, rate: int = 16000, *, bitrate: int = 32000) -
 
 def block_times(data: bytes) -> list[tuple[int, int]]:
     """(byte offset, time in ms) of every SimpleBlock of a WebM file (Clusters entered, the rest skipped)."""
-    from media_pipeline.webm_stream import CLUSTER, SEGMENT, SIMPLE_BLOCK, _vint
+    from media_pipeline.chunked.webm_stream import CLUSTER, SEGMENT, SIMPLE_BLOCK, _vint
 
     out, pos, cluster_ms = [], 0, 0
     while pos < len(data):

@@ -19,10 +19,10 @@ import websockets
 import websockets.exceptions
 from websockets.asyncio.client import connect as ws_connect
 
-from media_pipeline.webm_stream import AudioDecodeError, PCM16Stream, WebMOpusStream, open_stream
+from media_pipeline.chunked.webm_stream import AudioDecodeError, PCM16Stream, WebMOpusStream, open_stream
 from signaling.chunk_sessions import ChunkLimits, ChunkRefused, SessionManager
 from signaling.socketio_wire import Ack, Connect, Event, Pong, SocketIOWire, WireError
-from tests.audio_fixtures import silence, speak, speak_pcm16
+from tests.audio_fixtures import silence, speak, speak_pcm16, speak_with_pause
 from tests.signaling.socketio_live import Client, LiveServer, media_recorder_pieces, webm_opus
 
 SENTENCE = "Hello Margaret, how much time does your finance team spend on invoices every month?"
@@ -712,3 +712,44 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(server, client):
         "SELECT text, turn_end FROM roleplay_utterance WHERE session_id = ? AND speaker = 'trainee'", sid)
     assert len(trainee) == 1 and heard_all(trainee[0][0], "want", "month"), trainee
     assert json.loads(trainee[0][1])["decision"], trainee  # how its end was decided, for the review page
+
+
+@pytest.mark.slow
+async def test_a_pause_after_a_content_word_mid_sentence_is_one_turn_with_one_reply(server, client):
+    """Natural turn-taking after a content word: in "I understand that the budget [0.8 s] is a big
+    problem for you." no word rule holds after "budget", only the ASR's odds of "…" right after it
+    (Transcript.ending, words.trailing_cue). The pause is cut into the whole sentence's audio, so
+    "budget" keeps its mid-sentence pitch (said on its own it would fall, and be heard as finished)."""
+    started = await client.start(server.scenario_id())
+    sid = started["sessionId"]
+    await client.wait("avatar-response")  # the opening line
+    audio = np.concatenate([silence(500), speak_with_pause("I understand that the budget is a big problem for you.",
+                                                           "I understand that the budget", 800), silence(1500)])
+    await client.send(sid, media_recorder_pieces(audio), pace=0.25)  # in real time, as a recorder would
+    heard, _ = await client.wait("transcription", timeout=30)
+    assert heard_all(heard["text"], "understand", "budget", "problem"), heard
+    reply, _ = await client.wait("ai-response", timeout=30)
+    assert reply["turnCount"] == 1
+    await asyncio.sleep(2.0)
+    seen = [e for e, _ in client.seen]
+    assert seen.count("transcription") == 1 and seen.count("ai-response") == 2, client.seen  # the opening + one
+    await client.sio.call("end-session", {"sessionId": sid}, timeout=20)
+    said = server.query("SELECT speaker, text FROM roleplay_utterance WHERE session_id = ? ORDER BY seq", sid)
+    trainee = [text for speaker, text in said if speaker == "trainee"]
+    assert len(trainee) == 1 and heard_all(trainee[0], "understand", "budget", "problem"), said
+    assert [speaker for speaker, _ in said] == ["buyer", "trainee", "buyer"], said
+
+
+@pytest.mark.slow
+async def test_a_held_thought_is_answered_when_the_client_stops_sending(server, client):
+    """A recorder that stops mid-thought ("…about", then nothing: a muted microphone, a closed tab that
+    kept its socket) sends no more audio to decode: the held thought is answered on the wall clock."""
+    started = await client.start(server.scenario_id())
+    sid = started["sessionId"]
+    await client.wait("avatar-response")  # the opening line
+    audio = np.concatenate([silence(300), speak("I wanted to ask you about"), silence(600)])
+    await client.send(sid, media_recorder_pieces(audio), pace=0.25)
+    heard, _ = await client.wait("transcription", timeout=30)
+    assert heard_all(heard["text"], "want", "about"), heard
+    reply, _ = await client.wait("ai-response", timeout=30)
+    assert reply["turnCount"] == 1

@@ -3,7 +3,10 @@ namespaces, ack ids, CONNECT and PING floods. Each refusal is ERR_INVALID_MESSAG
 ERR_RATE_LIMIT and, where the protocol allows, the socket goes on.
 
 Unit tests of the SessionManager and the wire, then the consumer through the full ASGI
-application (Channels' WebsocketCommunicator), then one live daphne (slow)."""
+application (Channels' WebsocketCommunicator), then one live daphne (slow).
+
+"Refused at once" is measured in this thread's CPU time (``time.thread_time``): the work a hostile
+input costs, which wall time on a shared 2-core machine cannot show without flaking."""
 
 from __future__ import annotations
 
@@ -58,10 +61,10 @@ async def session():
 
 @pytest.mark.parametrize("offset", [10**9, 2**62, OFFSET_WINDOW + 1])
 async def test_it_refuses_an_offset_far_ahead_at_once(session, offset):
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(ChunkRefused) as refused:
         session.receive(offset, b"x")
-    assert time.perf_counter() - started < 0.005
+    assert time.thread_time() - started < 0.005
     assert refused.value.code == "ERR_INVALID_MESSAGE"
     assert refused.value.details == {"offset": offset, "next_offset": 0, "limit": OFFSET_WINDOW}
     assert session.receive(0, b"a").next_offset == 1  # the session goes on
@@ -75,9 +78,9 @@ async def test_it_holds_at_most_a_window_of_chunks_and_reports_the_gap_in_bounde
         session.receive(OFFSET_WINDOW + 1, b"x")
     assert session.receive(0, b"a").next_offset == OFFSET_WINDOW + 1 and not session.held
     session.receive(OFFSET_WINDOW + 1 + OFFSET_WINDOW, b"x")  # the window moved with next_offset
-    started = time.perf_counter()
+    started = time.thread_time()
     gap = session.receive(OFFSET_WINDOW + OFFSET_WINDOW, b"x")
-    assert time.perf_counter() - started < 0.005
+    assert time.thread_time() - started < 0.005
     assert gap.missing[0] == OFFSET_WINDOW + 1 and len(gap.missing) == 32
 
 
@@ -115,10 +118,10 @@ MB = 1024 * 1024
 )
 def test_it_refuses_hostile_frames_quickly_and_keeps_decoding(frame):
     wire = SocketIOWire()
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(WireError):
         wire.feed(frame)
-    assert time.perf_counter() - started < 0.02
+    assert time.thread_time() - started < 0.02
     assert wire.feed('42["ok",{}]') == Event("ok", [{}], None)
 
 
@@ -152,10 +155,10 @@ def test_it_decodes_a_one_megabyte_nested_frame_in_well_under_20_ms():
     wire = SocketIOWire()
     frames = ["42" + "[" * (MB - 2), "42[" * (MB // 3), '42["a",' + '{"a":' * (MB // 6)]
     for frame in frames:
-        started = time.perf_counter()
+        started = time.thread_time()
         with pytest.raises(WireError):
             wire.feed(frame)
-        assert time.perf_counter() - started < 0.02
+        assert time.thread_time() - started < 0.02
 
 
 # ================================================================================================
@@ -233,10 +236,11 @@ async def open_sio(user=None, *, connect: bool = True) -> SioClient:
 
 
 @pytest.fixture
-def _quiet_backends(settings):
+async def _quiet_backends(settings, default_layer_worker):
+    """No after-call job in the background; the chunk calls go to a media worker on the test's layer."""
     settings.POSTPROCESS_EAGER_IN_BACKGROUND = False
     settings.MEDIA_WORKER_MODE = "external"
-    cache.clear()
+    default_layer_worker.publish()
     yield
     cache.clear()
 

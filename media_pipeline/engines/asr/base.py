@@ -26,6 +26,20 @@ class UnsupportedLanguage(ValueError):
     """The engine's model cannot transcribe the requested language."""
 
 
+class EndingOdds(NamedTuple):
+    """How the ASR would go on right after the last word it heard, as probabilities of its next token.
+
+    ``more``: a mark that says the speech trails off or goes on ("…", ",", "-"); ``stop``: a full
+    stop, question or exclamation mark, or the end of the text. Whisper learned both from human transcripts, where a
+    speaker who breaks off mid-clause is written "so we could…": on audio that stops mid-clause
+    the odds of "more" rise well above those after a finished sentence, even when the argmax is
+    still a full stop. Read by ``turns.words.trailing_cue``; engines that cannot tell leave it None.
+    """
+
+    more: float
+    stop: float
+
+
 class Word(NamedTuple):
     word: str
     start_s: float
@@ -40,6 +54,7 @@ class Transcript:
     language: str
     duration_s: float
     words: list[Word] = field(default_factory=list)
+    ending: EndingOdds | None = None  # the odds of the speech going on after it (None: not known)
 
     @property
     def is_empty(self) -> bool:

@@ -19,6 +19,9 @@ import numpy as np
 from roleplay.audio_format import SAMPLE_RATE
 
 EventKind = Literal["speech_start", "silence_began", "speech_resumed", "speech_end", "speech_discarded"]
+# Questions per pause at most: the first, the one an unsure answer asks for, and the one a turn held
+# on the ASR's odds alone asks for when its wait is over (turns.policy).
+MAX_QUESTIONS = 3
 # Why a segment closed: a fixed pause, the hook said complete, the hook said incomplete and the
 # pause outlasted the patience, the stream stopped (``finish``), too short to ask about.
 EndReason = Literal["silence", "complete", "patience_expired", "stream_end", "too_short", ""]
@@ -134,6 +137,7 @@ class Endpointer:
         self._speech_start = 0
         self._silence_start: int | None = None
         self._verdict: TurnCheck | None = None  # the hook's answer about the current pause
+        self._answers = 0  # answers (not "pending") the hook gave about the current pause
         self._asks = 0  # pauses of this segment the hook judged incomplete
 
     @property
@@ -156,9 +160,32 @@ class Endpointer:
         """Stream samples scored so far (whole windows)."""
         return self.window_index * self.window_samples
 
+    @property
+    def quiet_until(self) -> int:
+        """Between segments, how far the stream has been scored as no speech: where a run of voice
+        not yet long enough to count as speech began, else :attr:`position` (stream samples). The
+        voice that ends a pause is heard ``start_ms`` before it is called speech; the pause is
+        only as long as this says. (Inside a segment, :attr:`position`.)"""
+        if not self.in_speech and self._run_start is not None:
+            return self._run_start
+        return self.position
+
     def ask_samples(self) -> int:
         """How far into a pause the hook is asked (whole windows)."""
         return self._windows(self.config.ask_silence_ms) * self.window_samples
+
+    def next_ask_samples(self) -> int | None:
+        """How far into the current pause the hook will be asked next: the first question, the
+        second one an unsure answer asked for (``ask_again_ms``), or the same question again when
+        the hook had no answer yet (``pending``); None when no question is left."""
+        verdict = self._verdict
+        if verdict is None:
+            return self.ask_samples()
+        again = getattr(verdict, "ask_again_ms", None)
+        pending = getattr(verdict, "pending", False)
+        if again is None or verdict.complete or (self._answers >= MAX_QUESTIONS and not pending):
+            return None
+        return self._windows(again) * self.window_samples
 
     def _windows(self, ms: int) -> int:
         return max(1, int(np.ceil(ms * self.sample_rate / 1000 / self.window_samples)))
@@ -189,6 +216,7 @@ class Endpointer:
                 if self._verdict is not None:
                     self._asks += 1
                 self._verdict = None
+                self._answers = 0
                 events.append(VADEvent("speech_resumed", pos, self._speech_start, None, now))
             elif p < neg and self._silence_start is None:
                 self._silence_start = pos
@@ -212,11 +240,23 @@ class Endpointer:
                 return None
             if pause - self._speech_start < cfg.min_speech_ms * self.sample_rate / 1000:
                 return self._close(pause, now, "too_short")  # a cough: nothing to ask
-            self._verdict = self.turn_end(self._speech_start, pause, now)
-            return self._close(pause, now, "complete") if self._verdict.complete else None
+            return self._ask(pause, now)
+        again = self.next_ask_samples()
+        if again is not None and silent >= again:
+            # The first answer was unsure and asked to be asked again once the pause is longer, or
+            # there was no answer yet.
+            closed = self._ask(pause, now)
+            if closed is not None:
+                return closed
         if silent >= self._windows(max(cfg.patience_ms, cfg.ask_silence_ms)) * self.window_samples:
             return self._close(pause, now, "patience_expired")
         return None
+
+    def _ask(self, pause: int, now: int) -> VADEvent | None:
+        self._verdict = self.turn_end(self._speech_start, pause, now)
+        if not getattr(self._verdict, "pending", False):
+            self._answers += 1
+        return self._close(pause, now, "complete") if self._verdict.complete else None
 
     def finish(self) -> list[VADEvent]:
         """End of stream (or a manual stop): close an open segment at the current position."""
@@ -236,6 +276,7 @@ class Endpointer:
         self._run_start = None
         self._silence_start = None
         self._verdict = None
+        self._answers = 0
         self._asks = 0
         return event
 
@@ -259,6 +300,12 @@ class SpeechDetector:
     def feed(self, samples: np.ndarray) -> list[VADEvent]:
         self.last_probs = self.stream.feed(samples)
         return self.endpointer.process(self.last_probs)
+
+    def _ask(self, pause: int, now: int) -> VADEvent | None:
+        self._verdict = self.turn_end(self._speech_start, pause, now)
+        if not getattr(self._verdict, "pending", False):
+            self._answers += 1
+        return self._close(pause, now, "complete") if self._verdict.complete else None
 
     def finish(self) -> list[VADEvent]:
         return self.endpointer.finish()

@@ -19,6 +19,8 @@ from channels.management.commands.runworker import Command as ChannelsRunworker
 from channels.worker import Worker
 from django.conf import settings
 
+from media_pipeline.contract import MEDIA_CHANNEL
+
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +35,8 @@ class DrainingWorker(Worker):
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        if MEDIA_CHANNEL in self.channels:
+            await serve_pinned_channel()
         listeners = [asyncio.ensure_future(self.listener(channel)) for channel in self.channels]
         stop = asyncio.ensure_future(stopping.wait())
         await asyncio.wait({*listeners, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -51,6 +55,20 @@ class DrainingWorker(Worker):
         await drain_process_worker()
         for details in list(self.application_instances.values()):
             details["future"].cancel()
+
+
+async def serve_pinned_channel() -> None:
+    """Start this process's media worker on the worker's loop before the first offer arrives.
+
+    Its heartbeat names its pinned channel from the moment the process boots, and a full or busier
+    worker passes offers there; the loop that reads that channel used to start only with the first
+    message from the shared channel, so a worker that lost every race for it (measured: both calls
+    of a two-call run on one of two workers, 3 runs in 8) left an offer passed to it unread until
+    the consumer gave up (``offer_timeout``).
+    """
+    from media_pipeline import worker
+
+    await worker.process_worker().ensure_started()
 
 
 async def drain_process_worker() -> None:

@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from media_pipeline.audio import ASR_RATE, Resampler, pcm16_to_float32
+from media_pipeline.contract import CHUNK_AUDIO_FORMATS
 
 # --- EBML ids (Matroska spec) --------------------------------------------------------------------
 EBML = 0x1A45DFA3
@@ -337,7 +338,7 @@ class PCM16Stream:
 
 AudioStream = WebMOpusStream | PCM16Stream
 
-FORMATS = ("webm-opus", "pcm16")
+FORMATS = CHUNK_AUDIO_FORMATS
 
 
 def open_stream(audio_format: str, *, sample_rate: int = ASR_RATE) -> AudioStream:

@@ -1,10 +1,10 @@
 """The turn stage of a WebRTC call: finals in → one trainee turn → the buyer's reply spoken.
 
-:class:`VoiceTurns` is the call's ``InboundListener`` (``media_pipeline.inbound``): it hears interims,
+:class:`VoiceTurns` is the call's ``InboundListener`` (``media_pipeline.webrtc.inbound``): it hears interims,
 finals and "the trainee is speaking", and decides what they mean for the conversation:
 
 - a final becomes a turn, persisted through ``roleplay.conversation``, answered by the buyer's
-  streamed reply on the call's :class:`~media_pipeline.speaking.Speaker`; turns run one at a time,
+  streamed reply on the call's :class:`~media_pipeline.webrtc.speaking.Speaker`; turns run one at a time,
   in order, each in its own task so a hang-up lets it persist what was said;
 - **one turn is one turn** (``media_pipeline.joining``): a final that ends on "and"/"um"/"因为" is held
   (shown as an interim) for the rest of the thought; the trainee going on within
@@ -30,10 +30,10 @@ from django.conf import settings
 from media_pipeline import metrics
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
-from media_pipeline.inbound import FinalResult, InboundAudio
-from media_pipeline.joining import OpenTurn, is_backchannel, joined_facts, trailing_cue, turn_end_facts
-from media_pipeline.outbound import OutboundAudioTrack
-from media_pipeline.speaking import Speaker, playback_facts
+from media_pipeline.joining import OpenTurn, is_backchannel, joined_facts, turn_end_facts
+from media_pipeline.webrtc.inbound import FinalResult, InboundAudio
+from media_pipeline.webrtc.outbound import OutboundAudioTrack
+from media_pipeline.webrtc.speaking import Speaker, playback_facts
 from roleplay import conversation, services
 from roleplay.audio_format import SAMPLE_RATE as RATE
 from roleplay.errors import SessionEnded
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class TurnsHost(Protocol):
-    """What the turn stage needs of its call (``media_pipeline.pipeline.CallSession``)."""
+    """What the turn stage needs of its call (``media_pipeline.webrtc.call.CallSession``)."""
 
     session_id: str
     engines: Engines
@@ -146,18 +146,21 @@ class VoiceTurns:
                                       language=result.language, turn_end=turn_end_facts(result.turn))
             result = dataclasses.replace(
                 result, text=joined.text, result_id=joined.result_id, start_ms=joined.start_ms,
-                confidence=joined.confidence, stream_start_ms=continues.stream_start_ms)
-        if result.text and host.mode == "auto" and trailing_cue(result.text, result.language):
+                confidence=joined.confidence, stream_start_ms=continues.stream_start_ms, ending=None)
+        held = OpenTurn(result_id=result.result_id, text=result.text, start_ms=result.start_ms,
+                        end_ms=result.end_ms, confidence=result.confidence, language=result.language,
+                        utterance_id=continues.utterance_id if continues else None,
+                        stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms,
+                        turn_end=turn_end_facts(result.turn), ending=result.ending)
+        if result.text and host.mode == "auto" and held.cue:
             # "…and", "um", "因为": the thought goes on. Shown as an interim; the final waits for the rest
-            # (or for the patience to run out), so the turn gets one asr_result and one reply.
-            held = OpenTurn(result_id=result.result_id, text=result.text, start_ms=result.start_ms,
-                            end_ms=result.end_ms, confidence=result.confidence, language=result.language,
-                            utterance_id=continues.utterance_id if continues else None,
-                            stream_start_ms=result.stream_start_ms, stream_end_ms=result.stream_end_ms,
-                            turn_end=turn_end_facts(result.turn))
+            # (or for the patience to run out), so the turn gets one asr_result and one reply. The
+            # pause endpointing already waited counts: "and…" then silence is answered one patience
+            # after the last word, not two.
             self._open_turn = held
             self.on_interim(result.result_id, result.text, result.confidence)
-            host.spawn(self._answer_if_abandoned(held, host.patience_ms / 1000))
+            wait = max(0.0, held.hold_ms(host.patience_ms) - result.endpointing_ms) / 1000
+            host.spawn(self._answer_if_abandoned(held, wait))
             return
         host.spawn(host.emit("asr_result", final_data(result)))
         if result.text:

@@ -3,11 +3,13 @@
 Stages, each one job: ``_consume`` reads a track (aiortc queues frames without bound if nobody
 reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz into the shared
 listening stage (``media_pipeline.listening``: kept audio, VAD, pre-roll, final decodes and their
-failures); ``_vad_loop`` has it score 32 ms batches off the loop and turns endpointer events into
-ASR work. What this transport adds on top: interim decodes run
-every ``INTERIM_INTERVAL_MS`` of speech but only on an idle ASR thread and never two at once for
-a call (finals come first); the final decode starts at ``silence_began`` and is dropped on
-``speech_resumed``, so the transcript is usually ready when endpointing fires.
+failures); ``_vad_loop`` has it score 32 ms batches off the loop (through the process's
+``vad_batch`` queue: one VAD-thread pass scores every call's waiting hop, so thread hand-overs do
+not grow with the number of calls) and turns endpointer events into ASR work. What this
+transport adds on top: interim decodes run every ``INTERIM_INTERVAL_MS`` of speech but only on an
+idle ASR thread and never two at once for a call (finals come first); the final decode starts at
+``silence_began`` and is dropped on ``speech_resumed``, so the transcript is usually ready when
+endpointing fires.
 
 The listener (the pipeline) gets plain callbacks; sample offsets count from the start of the
 stream (16 kHz) and are turned into ms since ``asr_start`` and session-relative ms here.
@@ -36,6 +38,7 @@ from media_pipeline.engines.vad.base import VADEvent
 from media_pipeline.executor import EngineBusy, RateBudget
 from media_pipeline.listening import Heard, Listening, heard
 from media_pipeline.turns import TurnDecision
+from media_pipeline.vad_batch import vad_batcher
 from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
@@ -263,7 +266,7 @@ class InboundAudio:
                 batch = np.concatenate(self._pending)
                 self._pending, self._pending_n = [], 0
                 try:
-                    events = await self.engines.vad_pool.run(self.listening.score, batch)
+                    events = await vad_batcher(self.engines.vad_pool).score(self.listening.score, batch)
                 except EngineBusy:
                     log.warning("VAD executor full; a batch was dropped")
                     continue
@@ -339,7 +342,7 @@ class InboundAudio:
         transcript, _ = task.result()
         if not transcript.is_empty:
             self._interim_end = key[1]
-            self.listening.hear_words(transcript.text, key[1], self.language)
+            self.listening.hear_words(transcript.text, key[1], self.language, transcript.ending)
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
 
@@ -396,7 +399,7 @@ class InboundAudio:
         if (result_id == self.result_id and self.utt_start is not None and not transcript.is_empty
                 and end > self._interim_end):
             self._interim_end = end
-            self.listening.hear_words(transcript.text, end, self.language)  # the end-of-turn word cue
+            self.listening.hear_words(transcript.text, end, self.language, transcript.ending)  # the word cue
             self.interim_count += 1
             self.listener.on_interim(result_id, transcript.text, transcript.confidence)
 

@@ -7,7 +7,7 @@ outbound track (a re-offer replaces the track). Text arrives as a stream (the br
 writes the rest. Synthesis runs on the engine pool's TTS executor, never on the loop. When the
 trainee barges in, or the turn stage withdraws a reply because the trainee went on
 (``media_pipeline.joining``), the track is flushed and the reply reports what was played.
-The chunk path has no speaker: its reply is a file (``media_pipeline.chunk_turns``).
+The chunk path has no speaker: its reply is a file (``media_pipeline.chunked.turns``).
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from media_pipeline.audio import float32_to_pcm16, resample
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.tts.text import SentenceBuffer
-from media_pipeline.outbound import OutboundAudioTrack, PlayResult
-from media_pipeline.peer import Negotiated
+from media_pipeline.webrtc.outbound import OutboundAudioTrack, PlayResult
+from media_pipeline.webrtc.peer import Negotiated
 from roleplay.models import Utterance
 
 log = logging.getLogger(__name__)
 
 
 class SpeakerHost(Protocol):
-    """What the speaker needs of its call (``media_pipeline.pipeline.CallSession``)."""
+    """What the speaker needs of its call (``media_pipeline.webrtc.call.CallSession``)."""
 
     session_id: str
     engines: Engines

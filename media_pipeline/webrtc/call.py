@@ -3,7 +3,7 @@
 A :class:`CallSession` takes the contract's worker messages in order (one queue per call, so an
 ``ice`` never overtakes its ``offer``) and owns the call's parts: the peer connection (``peer``),
 the trainee's ears (``inbound`` → the shared ``listening`` stage), the turn stage
-(``voice_turns.VoiceTurns``: finals → turns → replies, one turn is one turn, barge-in), the buyer's
+(``webrtc.turns.VoiceTurns``: finals → turns → replies, one turn is one turn, barge-in), the buyer's
 voice (``speaking.Speaker`` → the paced ``outbound`` track) and the recorder. Everything the client
 should see goes back as ``media.event`` messages to the consumer's ``reply_channel`` (updated from
 every incoming message, so a reconnected socket gets the events).
@@ -26,12 +26,12 @@ from django.utils import timezone
 from media_pipeline import contract
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines, call_engines, get_engines
-from media_pipeline.inbound import InboundAudio
-from media_pipeline.outbound import OutboundAudioTrack
-from media_pipeline.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
 from media_pipeline.recording import CallRecorder
-from media_pipeline.speaking import Speaker, playback_facts, text_once
-from media_pipeline.voice_turns import VoiceTurns
+from media_pipeline.webrtc.inbound import InboundAudio
+from media_pipeline.webrtc.outbound import OutboundAudioTrack
+from media_pipeline.webrtc.peer import Negotiated, NegotiationError, answer_offer, new_peer_connection, parse_candidate
+from media_pipeline.webrtc.speaking import Speaker, playback_facts, text_once
+from media_pipeline.webrtc.turns import VoiceTurns
 from roleplay import selectors, services
 from roleplay.models import RealtimeSession, Utterance
 from roleplay.selectors import CallFacts
@@ -51,6 +51,8 @@ def _update_session_utterance(session_id: str, utterance_id: int, **fields: Any)
 
 
 class CallSession:
+    kind = "webrtc"  # the transport, for the worker's per-transport admission
+
     def __init__(
         self, *, session_id: str, layer: Any, worker_channel: str, reply_channel: str, engines: Engines | None = None
     ) -> None:

@@ -1,4 +1,4 @@
-"""Turn logic of the audio-chunk path: flushed bytes in, Socket.IO events out.
+"""Turn logic of the audio-chunk path: flushed bytes in, transport-neutral events out (``ChunkEvent``).
 
 decode (webm_stream) → listening (VAD segmenting and the final ASR, ``media_pipeline.listening``)
 → the shared conversation turn (roleplay.conversation) → TTS stored as a WAV → ``avatar-response``.
@@ -33,18 +33,20 @@ from typing import Any
 
 import numpy as np
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from lingecho.channel_layer import cancel_until_done
 from lingecho.resilience.redaction import redact
 from media_pipeline import audio as audio_utils
-from media_pipeline.contract import ErrorCode, now_ms
+from media_pipeline.chunked.webm_stream import AudioDecodeError, AudioStream, open_stream
+from media_pipeline.contract import ChunkEvent, ErrorCode, error_body, now_ms
 from media_pipeline.engine_pool import call_engines, get_engines, start_warm_up
 from media_pipeline.executor import EngineBusy
-from media_pipeline.joining import OpenTurn, trailing_cue, turn_end_facts
+from media_pipeline.joining import OpenTurn, turn_end_facts
 from media_pipeline.listening import Listening, Segment, heard
 from media_pipeline.recording import CallRecorder
-from media_pipeline.webm_stream import AudioDecodeError, AudioStream, open_stream
 from roleplay import conversation, selectors, services
 from roleplay.errors import DomainError
 from roleplay.models import RealtimeSession, Utterance
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 RATE = audio_utils.ASR_RATE
 MAX_PENDING_TURNS = 4  # utterances or typed turns queued behind the one being answered
 HELD_CHECK_SECONDS = 0.25  # how often a held thought looks whether its patience ran out
+STOPPED_SENDING_SECONDS = 5.0  # no flush for this long: the client stopped sending (a held thought is answered)
+RESUME_WAIT_SECONDS = 1.0  # the longest a final waits for the audio after it (see ChunkTurns._heard_past)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 CloseRequest = Callable[[str], Awaitable[None]]
@@ -74,7 +78,7 @@ async def load_call_facts(session_id: str) -> CallFacts:
 @database_sync_to_async
 def _session_totals(session_id: str) -> dict[str, Any]:
     session = RealtimeSession.objects.get(pk=session_id)
-    return {"totalTurns": session.turn_count, "duration": round(session.duration_seconds or 0.0, 3)}
+    return {"total_turns": session.turn_count, "duration_s": round(session.duration_seconds or 0.0, 3)}
 
 
 @database_sync_to_async
@@ -160,6 +164,14 @@ class ChunkTurns:
         self._held: OpenTurn | None = None
         self._release: asyncio.TimerHandle | None = None
         self._held_since = 0.0
+        self._audio_at = 0.0  # monotonic arrival of the latest flush (decoded or not yet)
+        # What the loop knows the stream said, as of the last flush whose segments it has queued:
+        # the decode thread moves ``listening`` on while a flush is scored (its samples count in
+        # ``total`` before the VAD has heard them), so a held thought read from there mid-flush
+        # looks like a long pause with nobody speaking, and was answered with its rest in the flush.
+        self._scored_to = 0  # stream samples the VAD has scored
+        self._quiet_until = 0  # ...of which heard as no speech (see Endpointer.quiet_until)
+        self._speaking = False
 
     def bind(self, emit: Emit, request_close: CloseRequest) -> None:
         self._emit, self._request_close = emit, request_close
@@ -171,7 +183,7 @@ class ChunkTurns:
             await self._emit(name, data)
 
     async def error(self, code: ErrorCode, message: str, **details: Any) -> None:
-        await self.emit("error", {"code": code, "message": message, **({"details": details} if details else {})})
+        await self.emit(ChunkEvent.ERROR, error_body(code, message, details))
 
     def _engine_error(self, code: ErrorCode, message: str, details: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self.error(code, message, **details))
@@ -182,6 +194,7 @@ class ChunkTurns:
     async def audio(self, data: bytes) -> bool:
         """Decode + VAD one flush off the loop. False = the decoder is saturated and ``data`` was
         not touched: the session keeps it and retries (nothing is dropped)."""
+        self._audio_at = time.monotonic()
         try:
             segments, problem = await self.engines.decode_pool.run(self.stream.feed, data)
         except EngineBusy:
@@ -193,17 +206,26 @@ class ChunkTurns:
             await self.error(ErrorCode.AUDIO_ENCODE_FAILED, f"Audio could not be decoded: {problem}")
         for segment in segments:
             await self._queue("turn", segment)
+        self._heard()
         return True
+
+    def _heard(self) -> None:
+        """Take in what the flush just scored, once its segments are queued (on the loop)."""
+        endpointer = self.listening.detector.endpointer
+        self._scored_to, self._quiet_until = endpointer.position, endpointer.quiet_until
+        self._speaking = endpointer.in_speech
 
     async def idle(self) -> None:
         if not self.stream.in_speech:
             # Nothing open to close: O(1) (forgets a half-started run), no executor hop for a quiet
             # stream. Safe on the loop: the session runs its flushes and idles one at a time.
             self.stream.idle()
+            self._heard()
             return
         segments = await self.engines.decode_pool.run(self.stream.idle)
         for segment in segments:
             await self._queue("turn", segment)
+        self._heard()
 
     async def _queue(self, kind: str, payload: Any) -> bool:
         try:
@@ -229,9 +251,10 @@ class ChunkTurns:
         self._closed = True
         worker = self._worker
         if worker is not None and worker is not asyncio.current_task():
-            worker.cancel()
+            # Repeated until it lands: a turn in the middle of a Redis send can swallow one cancel
+            # (CPython gh-86296) and would then answer on, holding this close up for seconds.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await worker
+                await cancel_until_done(worker)
         with contextlib.suppress(Exception):
             await self.engines.decode_pool.run(self.stream.finish)
         held, self._held = self._held, None
@@ -248,7 +271,7 @@ class ChunkTurns:
         except DomainError:
             logger.warning("could not end chunk session", extra={"session_id": self.session_id})
         totals = await _session_totals(self.session_id)
-        await self.emit("session-ended", {"reason": reason, **totals})
+        await self.emit(ChunkEvent.ENDED, {"reason": reason, **totals})
 
     async def _save_recording(self) -> None:
         try:
@@ -313,21 +336,33 @@ class ChunkTurns:
             return
         decided = turn_end_facts(segment.turn)
         turn = OpenTurn(result_id="", text=said.text, start_ms=said.start_ms, end_ms=said.end_ms,
-                        confidence=said.confidence, language=said.language, turn_end=decided)
+                        confidence=said.confidence, language=said.language, turn_end=decided, ending=said.ending)
         if held is not None:
             turn = held.joined(said.text, end_ms=said.end_ms, confidence=said.confidence, language=said.language,
                                turn_end=decided)
+        await self._heard_past(segment.end_sample + settings.TURN_YIELD_GRACE_MS * RATE // 1000)
         if self._unfinished(turn):
             self._hold(turn)
             return
         await self._answer(turn, asr_ms=asr_ms, trigger=segment)
 
+    async def _heard_past(self, sample: int) -> None:
+        """Wait (at most ``RESUME_WAIT_SECONDS``) until the stream is decoded ``TURN_YIELD_GRACE_MS``
+        past the utterance's end, so whether the trainee went on is known before the buyer answers.
+
+        The WebRTC buyer can yield after it starts; a reply delivered as a file cannot be taken back,
+        and flushes arrive up to ``CHUNK_DECODE_INTERVAL_MS`` apart, so a final transcribed quickly
+        would otherwise be answered before the audio that shows the thought going on was decoded."""
+        deadline = time.monotonic() + RESUME_WAIT_SECONDS
+        while self._scored_to < sample and time.monotonic() < deadline and not self._closed:
+            await asyncio.sleep(0.05)
+
     def _unfinished(self, turn: OpenTurn) -> bool:
         """The buyer never starts over an unfinished thought: one that ends on "and"/"um"/"因为", or
         whose speaker is already talking again (a later utterance is being heard or is queued)."""
         queued = list(self._jobs._queue)  # noqa: SLF001 - asyncio.Queue has no public peek
-        going_on = self.stream.in_speech or any(kind == "turn" for kind, _ in queued)
-        return going_on or bool(trailing_cue(turn.text, turn.language))
+        going_on = self._speaking or self._scored_to > self._quiet_until or any(kind == "turn" for kind, _ in queued)
+        return going_on or bool(turn.cue)
 
     def _hold(self, turn: OpenTurn) -> None:
         self._held = turn
@@ -340,10 +375,13 @@ class ChunkTurns:
         silence), or on the wall clock, twice over, when the client stopped sending audio at all."""
         if self._held is not turn:
             return
-        patience = self.info.patience_ms / 1000
-        listened = (self.stream.ms_at(self.listening.total) - turn.end_ms) / 1000
-        waited = time.monotonic() - self._held_since
-        if not self.stream.in_speech and (listened >= patience or waited >= 2 * patience):
+        patience = turn.hold_ms(self.info.patience_ms) / 1000
+        listened = (self.stream.ms_at(self._quiet_until) - turn.end_ms) / 1000
+        # The wall clock only once no audio has reached this call for a while: flushes still on their
+        # way (queued for a worker that decodes behind on a loaded machine) may hold the rest of it.
+        quiet = max(2 * patience, STOPPED_SENDING_SECONDS)
+        stopped = time.monotonic() - max(self._audio_at, self._held_since) >= quiet
+        if not self._speaking and (listened >= patience or stopped):
             with contextlib.suppress(asyncio.QueueFull):
                 self._jobs.put_nowait(("release", turn))
             return
@@ -356,12 +394,12 @@ class ChunkTurns:
 
     async def _answer(self, turn: OpenTurn, *, asr_ms: float | None, trigger: Segment | None) -> None:
         """One turn, however many utterances it took: one transcription, one utterance, one reply."""
-        await self.emit("transcription", {
+        await self.emit(ChunkEvent.HEARD, {
             "text": turn.text,
             "timestamp": now_ms(),
             "confidence": round(turn.confidence, 3),
-            "startMs": turn.start_ms,
-            "endMs": turn.end_ms,
+            "start_ms": turn.start_ms,
+            "end_ms": turn.end_ms,
         })
         self._trainee_end_ms = max(self._trainee_end_ms, turn.end_ms)
         await conversation.record_trainee_turn(
@@ -384,12 +422,12 @@ class ChunkTurns:
         ends = reply.ends_conversation
         max_turns = reply.context.max_turns
         turn_count = reply.context.turn_count
-        await self.emit("ai-response", {
+        await self.emit(ChunkEvent.REPLY_TEXT, {
             "text": text,
-            "turnCount": turn_count,
-            "maxTurns": max_turns,
+            "turn_count": turn_count,
+            "max_turns": max_turns,
             "timestamp": now_ms(),
-            "conversationEnded": ends,
+            "conversation_ended": ends,
         })
         tts_started = time.perf_counter()
         pcm, rate = await self._synthesize(text)
@@ -410,10 +448,10 @@ class ChunkTurns:
         if len(pcm):
             name = await asyncio.to_thread(self._store_reply, saved.seq, pcm, rate, start_ms)
             audio_url = media_url(name)
-        await self.emit("avatar-response", {
-            "audioUrl": audio_url,
-            "duration": round(duration_ms / 1000, 3),
-            "videoUrl": media_url(self.info.video_name) if self.info.video_name else None,
+        await self.emit(ChunkEvent.REPLY_AUDIO, {
+            "audio_url": audio_url,
+            "duration_s": round(duration_ms / 1000, 3),
+            "video_url": media_url(self.info.video_name) if self.info.video_name else None,
         })
         if ends and self._request_close is not None:
             self.ended = True

@@ -1,0 +1,169 @@
+"""The speaker stage (media_pipeline.webrtc.speaking) with fakes at its ports: a track that plays at once,
+a TTS that records what it was asked, a call that records what it emitted. The live tests
+(test_voice_e2e, test_turn_joining) cover the same behaviour through aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from media_pipeline.executor import BoundedExecutor
+from media_pipeline.webrtc.outbound import PlayResult
+from media_pipeline.webrtc.speaking import Speaker, playback_facts, text_once
+
+RATE = 8000
+
+
+class InstantTrack:
+    """An outbound track that plays a reply the moment it is closed (or stops it when flushed)."""
+
+    sample_rate = RATE
+
+    def __init__(self) -> None:
+        self.playing: str | None = None
+        self.samples = 0
+        self.texts: list[str] = []
+        self._done: asyncio.Future[PlayResult] | None = None
+        self.began = time.monotonic()
+
+    def begin(self, reply_id: str) -> asyncio.Future[PlayResult]:
+        self.playing, self.samples, self.texts = reply_id, 0, []
+        self._done = asyncio.get_running_loop().create_future()
+        return self._done
+
+    def push(self, audio: np.ndarray, *, text: str = "") -> None:
+        self.samples += audio.size
+        self.texts.append(text)
+
+    def _finish(self, interrupted: bool) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(PlayResult(self.playing or "", self.samples, RATE, interrupted,
+                                             " ".join(self.texts), self.began))
+        self.playing = None
+
+    def close_reply(self) -> None:
+        self._finish(False)
+
+    def flush(self) -> None:
+        self._finish(True)
+
+
+class RecordingTTS:
+    name = "recording"
+    sample_rate = 16000
+
+    def __init__(self, *, broken: bool = False) -> None:
+        self.said: list[str] = []
+        self.broken = broken
+
+    def synthesize(self, text: str, **_: Any):
+        if self.broken:
+            raise RuntimeError("tts down")
+        self.said.append(text)
+        yield np.full(1600, 0.1, dtype=np.float32)  # 100 ms
+
+
+class Host:
+    def __init__(self, tts: RecordingTTS, *, connected: bool = True) -> None:
+        self.session_id = "sess_speaker"
+        self.engines = SimpleNamespace(tts=tts, tts_pool=BoundedExecutor("tts", max_workers=1, max_queue=8,
+                                                                          block=True))
+        self.outbound = InstantTrack()
+        self.negotiated = None
+        self.connected = connected
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.t0 = time.monotonic()
+        self._tasks: set[asyncio.Task] = set()
+
+    def session_ms(self, monotonic: float) -> int:
+        return int((monotonic - self.t0) * 1000)
+
+    async def emit(self, message_type: str, data: dict[str, Any]) -> None:
+        self.events.append((message_type, data))
+
+    async def error(self, code: Any, message: str, details: dict[str, Any] | None = None) -> None:
+        self.events.append(("error", {"code": code, "message": message, "details": details or {}}))
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        return task
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+
+async def until_playing(host: Host) -> None:
+    """Until the first sentence is on the track (synthesised and pushed)."""
+    async def pushed() -> None:
+        while not host.outbound.samples:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(pushed(), 5)
+
+
+async def stream(*chunks: str, hold: asyncio.Event | None = None):
+    for chunk in chunks:
+        yield chunk
+    if hold is not None:
+        await hold.wait()  # the brain is still writing
+
+
+async def test_it_speaks_a_streamed_reply_sentence_by_sentence_and_reports_it_all():
+    host = Host(RecordingTTS())
+    spoken = await Speaker(host).speak("resp_1", stream("Hello there. How ", "are you today?"),
+                                       text_response={"response_id": "resp_1"})
+    assert host.engines.tts.said == ["Hello there.", "How are you today?"]
+    assert host.kinds() == ["tts_start", "text_response", "tts_complete"]
+    assert dict(host.events)["text_response"]["text"] == "Hello there. How are you today?"
+    assert dict(host.events)["tts_complete"] == {"request_id": "resp_1", "duration_ms": 200, "interrupted": False}
+    assert spoken.played.duration_ms == 200 and not spoken.played.interrupted
+    assert spoken.end_ms - spoken.start_ms >= 200
+
+
+async def speaking_mid_reply(reply_id: str, text: str) -> tuple[Host, Speaker, asyncio.Future]:
+    """A speaker whose first sentence is on the track while the brain is still writing the rest."""
+    host = Host(RecordingTTS())
+    speaker = Speaker(host)
+    speaking = asyncio.ensure_future(speaker.speak(reply_id, stream(text, hold=asyncio.Event())))
+    await until_playing(host)
+    return host, speaker, speaking
+
+
+async def test_a_barge_in_stops_the_reply_and_only_what_was_played_is_its_text():
+    host, speaker, speaking = await speaking_mid_reply("resp_2", "We can talk about that. And ")
+    assert speaker.playing == "resp_2"
+    speaker.barge_in(time.monotonic())
+    spoken = await asyncio.wait_for(speaking, 5)
+    assert spoken.played.interrupted
+    assert dict(host.events)["tts_complete"]["interrupted"] is True
+    facts = playback_facts(spoken)
+    assert facts["interrupted"] and facts["text"] == "We can talk about that."
+    assert speaker.barge_in_stop_ms is not None
+
+
+async def test_a_withdrawn_reply_says_so_in_tts_complete():
+    host, speaker, speaking = await speaking_mid_reply("resp_3", "I see what you mean. And ")
+    speaker.withdraw("resp_3", time.monotonic())
+    await asyncio.wait_for(speaking, 5)
+    assert dict(host.events)["tts_complete"]["withdrawn"] is True
+
+
+async def test_when_speech_fails_the_reply_still_arrives_as_text_with_one_error():
+    host = Host(RecordingTTS(broken=True))
+    spoken = await Speaker(host).speak("resp_4", stream("First. ", "Second. ", "Third."),
+                                       text_response={"response_id": "resp_4"})
+    errors = [data for kind, data in host.events if kind == "error"]
+    assert len(errors) == 1 and errors[0]["code"] == "ERR_TTS_FAILED" and errors[0]["details"]["engine"] == "recording"
+    assert dict(host.events)["text_response"]["text"] == "First. Second. Third."
+    assert spoken.played.duration_ms == 0
+
+
+async def test_without_a_connection_it_says_so_and_plays_nothing():
+    host = Host(RecordingTTS(), connected=False)
+    assert await Speaker(host).speak("resp_5", text_once("Hello.")) is None
+    assert host.kinds() == ["error"] and host.events[0][1]["details"] == {"request_id": "resp_5"}
