@@ -160,7 +160,7 @@ def call_engines(scenario: Any, *, on_error: ErrorSink | None = None, base: Engi
 
 _warm = threading.Lock()
 _warmed = False
-_warm_up_started = False
+_warm_up_thread: threading.Thread | None = None
 
 
 def warm_up() -> None:
@@ -183,11 +183,7 @@ def warm_up() -> None:
 
 def start_warm_up() -> None:
     """:func:`warm_up` on a background thread, once (a media worker's boot, a chunk session's start)."""
-    global _warm_up_started
-    with _lock:
-        if _warm_up_started:
-            return
-        _warm_up_started = True
+    global _warm_up_thread
 
     def run() -> None:
         lower_current_thread_priority()  # native pools the models start here inherit it
@@ -197,4 +193,22 @@ def start_warm_up() -> None:
         except Exception:  # noqa: BLE001 - the first turn will load (and report) it instead
             log.exception("engine warm-up failed")
 
-    threading.Thread(target=run, name="engine-warm-up", daemon=True).start()
+    with _lock:
+        if _warm_up_thread is not None:
+            return
+        _warm_up_thread = threading.Thread(target=run, name="engine-warm-up", daemon=True)
+        _warm_up_thread.start()
+
+
+def warm_up_settle(timeout: float) -> bool:
+    """Wait up to ``timeout`` s for a warm-up in progress; True when none is running (any more).
+
+    Why a shutdown waits for it: a process that exits while the warm-up thread is inside a model
+    library's loading code aborts (CTranslate2's "terminate called without an active exception",
+    exit status -6) instead of exiting 0, e.g. a server stopped a second after it started.
+    """
+    thread = _warm_up_thread
+    if thread is None or not thread.is_alive():
+        return True
+    thread.join(max(0.0, timeout))
+    return not thread.is_alive()

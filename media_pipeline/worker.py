@@ -55,7 +55,7 @@ from lingecho.channel_layer import cancel_requested, cancel_until_done
 from media_pipeline import heartbeat, metrics
 from media_pipeline.chunked.call import ChunkCall
 from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, chunk_done, error_body, event
-from media_pipeline.engine_pool import start_warm_up
+from media_pipeline.engine_pool import start_warm_up, warm_up_settle
 from media_pipeline.webrtc.call import CallSession
 from media_pipeline.webrtc.outbound import pacing_stats
 
@@ -277,8 +277,12 @@ class MediaWorker:
         for task in unfinished:
             task.cancel()
         await self._stop_tasks()
+        # A process must not exit mid warm-up (see warm_up_settle): a worker stopped right after its boot.
+        settled = await asyncio.to_thread(warm_up_settle, deadline - loop.time())
         # Unfinished calls stay in the registry: their segments are stored, the after-call job joins them.
         result = {"calls": len(calls), "unfinished": len(self.sessions), "seconds": round(loop.time() - started, 3)}
+        if not settled:
+            result["warm_up_unfinished"] = True
         log.info("media worker drained", extra={"worker_id": self.worker_id, **result})
         return result
 

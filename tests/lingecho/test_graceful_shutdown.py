@@ -352,7 +352,8 @@ def test_sigint_stops_an_idle_server_through_the_same_drain(tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
                 time.sleep(0.2)
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=DRAIN_SECONDS) == 0
+            # Right after the boot the engines are still warming up: exiting then aborted (-6).
+            assert proc.wait(timeout=DRAIN_SECONDS) == 0, (tmp_path / "server.log").read_text()[-2000:]
         finally:
             if proc.poll() is None:  # a failed assertion must not leave the server running
                 proc.kill()

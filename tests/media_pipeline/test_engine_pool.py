@@ -41,7 +41,7 @@ def whisper_models(monkeypatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(engine_module, "_models", {})
     monkeypatch.setattr(engine_pool, "_engines", None)
     monkeypatch.setattr(engine_pool, "_warmed", False)
-    monkeypatch.setattr(engine_pool, "_warm_up_started", False)
+    monkeypatch.setattr(engine_pool, "_warm_up_thread", None)
     # After-call processing is another area's job and would outlive this test's database.
     monkeypatch.setattr(services, "_dispatch_post_session", lambda session_id: None)
     return built
