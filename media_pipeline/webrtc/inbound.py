@@ -122,6 +122,12 @@ class InboundAudio:
         self._pending_n = 0
         self._vad_wake = asyncio.Event()
         self._force_end = False
+        # The loop's view of what the VAD has heard, taken between its passes (see _heard): the VAD
+        # thread moves the detector's own fields while it scores, so a reader on the loop mid-pass
+        # would see voice scored but not yet called speech as a pause that goes on.
+        self.heard_to = 0  # stream samples scored
+        self.quiet_until = 0  # ...of which heard as no speech (Endpointer.quiet_until)
+        self.hearing_speech = False
         # utterance
         self.utt_start: int | None = None
         self.result_id = ""
@@ -279,12 +285,14 @@ class InboundAudio:
                 self._force_end = False
                 for event in self.detector.finish():
                     self._on_event(event)
+            self._heard()
             self._after_batch()
 
-    @property
-    def vad_position(self) -> int:
-        """Stream samples the VAD has scored: how far the ears have listened (behind ``total`` under load)."""
-        return self._position()
+    def _heard(self) -> None:
+        """Take in what the pass just scored, once its events are applied (on the loop, no pass in flight)."""
+        endpointer = self.detector.endpointer
+        self.heard_to, self.quiet_until = endpointer.position, endpointer.quiet_until
+        self.hearing_speech = endpointer.in_speech
 
     def _position(self) -> int:
         return self.detector.endpointer.window_index * self.detector.endpointer.window_samples

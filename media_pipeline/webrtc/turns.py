@@ -222,16 +222,18 @@ class VoiceTurns:
         clock, so a loaded machine whose VAD runs behind never mistakes unheard speech for silence —
         or, when no audio arrives at all (a muted microphone), for twice that on the wall clock."""
         inbound = self.host.inbound
-        quiet_from = inbound.vad_position if inbound is not None else 0
+        quiet_from = inbound.quiet_until if inbound is not None else 0
         quiet_since = time.monotonic()
         while self._open_turn is turn and not self.host.closed:
             await asyncio.sleep(0.1)
             inbound = self.host.inbound
-            speaking = inbound is not None and (inbound.detector.in_speech or inbound.utt_start is not None)
+            # The loop's view between VAD passes: voice heard but not yet long enough to be called
+            # speech does not count as quiet (inbound.quiet_until stays where it began).
+            speaking = inbound is not None and (inbound.hearing_speech or inbound.utt_start is not None)
             if speaking:
-                quiet_from, quiet_since = inbound.vad_position, time.monotonic()
+                quiet_from, quiet_since = inbound.quiet_until, time.monotonic()
                 continue
-            listened = (inbound.vad_position - quiet_from) / RATE if inbound is not None else 0.0
+            listened = (inbound.quiet_until - quiet_from) / RATE if inbound is not None else 0.0
             if (listened >= wait or time.monotonic() - quiet_since >= 2 * wait) and self._open_turn is turn:
                 self._open_turn = None
                 self._release(turn)

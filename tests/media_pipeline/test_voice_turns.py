@@ -151,3 +151,25 @@ async def test_a_backchannel_while_the_buyer_speaks_is_neither_a_turn_nor_a_barg
     await asyncio.sleep(0.2)
     assert not call.of("text_response") and call.speaker.barge_in_at is None
     assert await utterances(call.session_id) == []
+
+
+async def test_a_held_thought_waits_on_what_the_loop_has_heard_not_on_a_vad_pass_in_flight(stage):
+    """The VAD thread moves the detector while it scores a pass: voice it has scored but not yet
+    called speech looked, from the loop, like the held pause going on, and the thought was answered
+    alone with its rest in that very pass. The hold reads the loop's view, taken between passes."""
+    call, turns = stage
+    call.patience_ms = 1000  # the wall-clock fallback (no audio at all) is twice that
+    inbound = SimpleNamespace(quiet_until=0, heard_to=0, hearing_speech=False, utt_start=None,
+                              detector=SimpleNamespace(in_speech=False), vad_position=0)
+    call.inbound = inbound
+    turns.on_final(final("I was looking at your invoices and", "asr_1", 0, 2000))
+    await until(lambda: call.of("asr_interim"))
+    for _ in range(16):  # 1.6 s of a pass in flight: the thread scores, the loop has heard nothing new
+        inbound.vad_position += 1600
+        await asyncio.sleep(0.1)
+    assert not call.of("asr_result"), "answered on a VAD pass still in flight"
+    inbound.hearing_speech, inbound.utt_start = True, 16000  # the pass lands: the trainee went on
+    turns.on_final(final("the month-end close.", "asr_2", 2600, 4000))
+    await until(lambda: call.of("tts_complete"))
+    (result,) = call.of("asr_result")
+    assert result["text"] == "I was looking at your invoices and the month-end close."
