@@ -317,6 +317,9 @@ ARCHIVE_ASR_MODEL_PATH = envstr("ARCHIVE_ASR_MODEL_PATH")  # re-transcription mo
 TTS_ENGINE = envstr("TTS_ENGINE", "espeak")
 BRAIN_ENGINE = envstr("BRAIN_ENGINE", "scripted")
 ENGINE_WORKERS = envint("ENGINE_WORKERS", 2, minimum=1)
+# Live decodes that find every ASR thread busy wait together and run as one batch of up to this
+# many (media_pipeline.asr_batch); 1 turns batching off.
+ASR_MAX_BATCH = envint("ASR_MAX_BATCH", 4, minimum=1, maximum=16)
 ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # Admission control: a media worker holding this many calls refuses the next offer (or, scaled,
 # passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the

@@ -37,6 +37,7 @@ from django.conf import settings
 from lingecho.gc_pauses import freeze_loaded_objects
 from lingecho.priority import lower_current_thread_priority
 from lingecho.resilience.failures import EngineFailure, FailureListener
+from media_pipeline.asr_batch import ASRBatcher
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
 from media_pipeline.engines.choice import OFFLINE_ASR, OFFLINE_TTS, engines_for_scenario
@@ -62,6 +63,13 @@ class Engines:
     decode_pool: BoundedExecutor  # the chunk path's decode + VAD of one flush
     turn: Any = None  # the end-of-turn detector (media_pipeline.turns), None = fixed silence
     turn_pool: BoundedExecutor | None = None  # its early starts, at the beginning of a pause
+    asr_batcher: ASRBatcher | None = None  # live decodes that must wait, batched on asr_pool
+
+    async def transcribe(self, audio: np.ndarray, *, language: str) -> Any:
+        """A live decode with ``asr`` on ``asr_pool``, batched with other calls' when it has to wait."""
+        if self.asr_batcher is None:
+            return await self.asr_pool.run(self.asr.transcribe, audio, language=language)
+        return await self.asr_batcher.transcribe(self.asr, audio, language=language)
 
     def asr_idle(self) -> bool:
         """True when an interim decode would not delay anything: no ASR job running or queued.
@@ -70,7 +78,8 @@ class Engines:
         box with two cores, so an interim started beside a final takes half the cores from it and
         the final (the turn everyone waits for) takes about twice as long.
         """
-        return self.asr_pool.queued == 0 and self.asr_pool.running == 0
+        waiting = self.asr_batcher.waiting if self.asr_batcher is not None else 0
+        return self.asr_pool.queued == 0 and self.asr_pool.running == 0 and waiting == 0
 
 
 _engines: Engines | None = None
@@ -116,6 +125,7 @@ def get_engines() -> Engines:
                 # Never queue behind a backlog: a job that cannot start now is asked at the ask point.
                 turn_pool=BoundedExecutor("turn", max_workers=1, max_queue=2, block=False),
             )
+            _engines.asr_batcher = ASRBatcher(_engines.asr_pool, max_batch=settings.ASR_MAX_BATCH)
         return _engines
 
 

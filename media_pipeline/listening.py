@@ -358,8 +358,9 @@ class Listening:
 
     # --- finals ----------------------------------------------------------------------------------
     async def transcribe(self, audio: np.ndarray, *, language: str) -> Transcript:
-        """Decode ``audio`` with the call's ASR on the pool's ASR executor; failures raise (see ``failure``)."""
-        return await self.engines.asr_pool.run(self.engines.asr.transcribe, audio, language=language)
+        """Decode ``audio`` with the call's ASR on the pool's ASR executor (batched with other calls'
+        decodes when it has to wait: ``media_pipeline.asr_batch``); failures raise (see ``failure``)."""
+        return await self.engines.transcribe(audio, language=language)
 
     def failure(self, exc: BaseException, *, language: str, **log_extra: Any) -> NotHeard:
         """What a failed final decode tells the client. The turn is lost as voice, not the call:

@@ -99,3 +99,7 @@ OFFERS_DUPLICATED_TOTAL = Counter(
 INTERIMS_SKIPPED_TOTAL = Counter(
     "lingecho_interims_skipped_total", "Interim decodes skipped: ASR busy or interim budget spent"
 )
+ASR_BATCH_SIZE = Histogram(
+    "lingecho_asr_batch_size", "Live ASR decodes run together in one batch (1: alone, as with a free thread)",
+    buckets=(1, 2, 3, 4, 6, 8),
+)
