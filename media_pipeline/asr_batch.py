@@ -30,7 +30,7 @@ import numpy as np
 
 from media_pipeline import metrics
 from media_pipeline.engines.asr.base import Transcript
-from media_pipeline.executor import BoundedExecutor, EngineBusy
+from media_pipeline.executor import BoundedExecutor, EngineBusy, Outcome, post_outcomes
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ASRBatcher:
                     if stranded:
                         self._queue.clear()
             for decode in stranded:
-                _post(decode.loop, [(decode.future, False, exc)])
+                post_outcomes(decode.loop, [(decode.future, False, exc)])
             if not isinstance(exc, Exception):
                 raise
 
@@ -138,11 +138,11 @@ class ASRBatcher:
             self.decodes += len(batch)
             metrics.ASR_BATCH_SIZE.observe(len(batch))
             outcomes = self._decode(batch)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
             for decode, (ok, value) in zip(batch, outcomes, strict=True):
                 by_loop.setdefault(decode.loop, []).append((decode.future, ok, value))
             for loop, results in by_loop.items():
-                _post(loop, results)
+                post_outcomes(loop, results)
 
 
     @staticmethod
@@ -163,23 +163,6 @@ class ASRBatcher:
             except Exception as exc:  # noqa: BLE001 - delivered to the call that asked
                 outcomes.append((False, exc))
         return outcomes
-
-
-def _post(loop: asyncio.AbstractEventLoop, results: list[tuple[asyncio.Future, bool, Any]]) -> None:
-    try:
-        loop.call_soon_threadsafe(_deliver, results)
-    except RuntimeError:  # that loop is closed: nobody waits for these results
-        pass
-
-
-def _deliver(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
-    for future, ok, value in results:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
 
 
 __all__ = ["ASRBatcher"]

@@ -281,6 +281,28 @@ class RateBudget:
         return False
 
 
+# (future, ok, value): a result computed on an executor thread for a future of some event loop.
+Outcome = tuple[asyncio.Future, bool, Any]
+
+
+def post_outcomes(loop: asyncio.AbstractEventLoop, outcomes: list[Outcome]) -> None:
+    """From a worker thread: settle ``outcomes`` on ``loop`` with one wake-up (the batchers' hand-back)."""
+    try:
+        loop.call_soon_threadsafe(_settle, outcomes)
+    except RuntimeError:  # that loop is closed: nobody waits for these results
+        pass
+
+
+def _settle(outcomes: list[Outcome]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from media_pipeline.executor import BoundedExecutor, EngineBusy
+from media_pipeline.executor import BoundedExecutor, EngineBusy, Outcome, post_outcomes
 
 T = TypeVar("T")
 
@@ -68,7 +68,7 @@ class VADBatcher:
                     self._queue.clear()
                 for _, _, other_loop, other in stranded:  # every hop queued behind this one fails too
                     if other is not future:
-                        other_loop.call_soon_threadsafe(_deliver, [(other, False, exc)])
+                        post_outcomes(other_loop, [(other, False, exc)])
                 raise
         return await future
 
@@ -83,7 +83,7 @@ class VADBatcher:
                 self._queue.clear()
             self.passes += 1
             self.hops += len(hops)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
             for fn, samples, loop, future in hops:
                 if future.cancelled():
                     continue  # the call is closing: its stream is not touched again
@@ -93,20 +93,7 @@ class VADBatcher:
                     outcome = (False, exc)
                 by_loop.setdefault(loop, []).append((future, *outcome))
             for loop, results in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_deliver, results)
-                except RuntimeError:  # that loop is closed: nobody waits for these results
-                    pass
-
-
-def _deliver(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
-    for future, ok, value in results:
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+                post_outcomes(loop, results)
 
 
 _batchers: dict[int, VADBatcher] = {}
