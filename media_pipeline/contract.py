@@ -142,9 +142,13 @@ def to_worker(kind: str, *, session_id: str, reply_channel: str, **data: Any) ->
     return {"type": kind, "session_id": session_id, "reply_channel": reply_channel, **data}
 
 
-def event(message_type: str, data: dict[str, Any], *, session_id: str) -> dict[str, Any]:
-    """Wrap a protocol message for the consumer to forward to its client."""
-    return {"type": "media.event", "session_id": session_id, "message": {"type": message_type, "data": data}}
+def event(message_type: str, data: dict[str, Any], *, session_id: str, worker_channel: str = "") -> dict[str, Any]:
+    """Wrap a protocol message for the consumer to forward to its client. ``worker_channel``: the
+    call's worker (its pinned channel), so a consumer forwards only the worker it is pinned to."""
+    wrapped = {"type": "media.event", "session_id": session_id, "message": {"type": message_type, "data": data}}
+    if worker_channel:
+        wrapped["worker_channel"] = worker_channel
+    return wrapped
 
 
 def chunk_done(

@@ -352,6 +352,14 @@ class VoiceConsumer(DropSendsAfterClose, AsyncWebsocketConsumer):
         if event.get("session_id") != self.session_id or self.finished or kind not in SERVER_TYPES:
             logger.warning("media event dropped", extra={"session_id": self.session_id, "type": str(kind)})
             return
+        sender = event.get("worker_channel")
+        if sender and sender != self.worker_channel:
+            # A worker this consumer is not pinned to: the loser of an offer delivered to two workers
+            # (its call is hung up on its media.pinned), or a call replaced since. Its answer would
+            # reach the client after the winner's, and a client that applied it never connected.
+            logger.info("media event from an unpinned worker dropped",
+                        extra={"session_id": self.session_id, "type": str(kind)})
+            return
         if kind == "answer":
             self.offer_deadline = None
         if kind == "tts_complete":

@@ -101,7 +101,8 @@ class CallSession:
 
     async def emit(self, message_type: str, data: dict[str, Any]) -> None:
         try:
-            await self.layer.send(self.reply_channel, contract.event(message_type, data, session_id=self.session_id))
+            await self.layer.send(self.reply_channel, contract.event(message_type, data, session_id=self.session_id,
+                                                                     worker_channel=self.worker_channel))
         except Exception:  # noqa: BLE001 - a vanished consumer (ChannelFull) must not kill the call
             log.warning("event not delivered", extra={"session_id": self.session_id, "type": message_type})
 

@@ -844,3 +844,27 @@ async def session_row_despite_table_locks(session_id: str) -> RealtimeSession:
                 raise
             await asyncio.sleep(0.005)
     return await session_row(session_id)
+
+
+async def test_an_answer_from_a_second_worker_given_the_same_offer_never_reaches_the_client(alice, scenario):
+    """channels-redis can deliver one offer to two workers; the first to pin wins, and the other's
+    call is hung up. Its answer, already on its way, used to be forwarded too: a client that applied
+    it never connected (seen once in the scaled topology test under a full suite's load)."""
+    async with FakeWorker() as worker:
+        client, _ = await start(alice, scenario)
+        await media_up(client, worker)
+        offer = await worker.wait_for("media.offer")
+        loser = await worker.layer.new_channel()
+        sid, reply = offer["session_id"], offer["reply_channel"]
+        await worker.layer.send(reply, {"type": "media.pinned", "session_id": sid, "worker_channel": loser,
+                                        "offer_id": offer.get("offer_id")})
+        await worker.layer.send(reply, event("answer", {"sdp": "v=0\r\n", "candidates": []}, session_id=sid,
+                                             worker_channel=loser))
+        hangup = await asyncio.wait_for(worker.layer.receive(loser), 5)
+        assert hangup["type"] == "media.hangup" and hangup["reason"] == "media_reset"
+        await client.usable()  # the next message is the pong: no second answer came first
+        await worker.emit(reply, sid, "asr_result", {"result_id": "asr_9", "text": "still here", "is_final": True,
+                                                     "confidence": 0.9, "language": "en", "start_time": 0,
+                                                     "end_time": 500})
+        assert (await client.recv_type("asr_result"))["data"]["text"] == "still here"  # the winner still is heard
+        await client.ws.disconnect()
