@@ -5,8 +5,9 @@ the ASR executor. With ``ENGINE_WORKERS`` jobs running, the next ones queued and
 Here a decode that cannot start at once waits in one queue, and the next free executor thread
 takes every waiting decode of the same engine and language (up to ``ASR_MAX_BATCH``) and runs
 them as one batch (``FasterWhisperEngine.transcribe_batch``): one encoder pass and one greedy
-decoder loop for all of them. Offline, four tiny.en decodes in one batch cost 41–45 % less CPU
-than four one by one, so a busy box (a dozen calls) gets through its backlog sooner.
+decoder loop for all of them. Offline, a batch of two or four tiny.en decodes cost 5–20 % less
+CPU than the same decodes one by one, and under load the backlog clears sooner
+(``bench/asr_batch.py``: p95 roughly halved at 9–12 decodes a second on two cores).
 
 Nothing waits for a batch to fill: with a free thread a decode starts at once, alone, exactly
 as before, so a single call's latency is unchanged; decodes waiting together are shared out
@@ -143,7 +144,6 @@ class ASRBatcher:
                 by_loop.setdefault(decode.loop, []).append((decode.future, ok, value))
             for loop, results in by_loop.items():
                 post_outcomes(loop, results)
-
 
     @staticmethod
     def _decode(batch: list[_Decode]) -> list[tuple[bool, Any]]:

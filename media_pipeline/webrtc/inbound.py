@@ -125,8 +125,7 @@ class InboundAudio:
         # The loop's view of what the VAD has heard, taken between its passes (see _heard): the VAD
         # thread moves the detector's own fields while it scores, so a reader on the loop mid-pass
         # would see voice scored but not yet called speech as a pause that goes on.
-        self.heard_to = 0  # stream samples scored
-        self.quiet_until = 0  # ...of which heard as no speech (Endpointer.quiet_until)
+        self.quiet_until = 0  # stream samples scored and heard as no speech (Endpointer.quiet_until)
         self.hearing_speech = False
         # utterance
         self.utt_start: int | None = None
@@ -291,11 +290,7 @@ class InboundAudio:
     def _heard(self) -> None:
         """Take in what the pass just scored, once its events are applied (on the loop, no pass in flight)."""
         endpointer = self.detector.endpointer
-        self.heard_to, self.quiet_until = endpointer.position, endpointer.quiet_until
-        self.hearing_speech = endpointer.in_speech
-
-    def _position(self) -> int:
-        return self.detector.endpointer.window_index * self.detector.endpointer.window_samples
+        self.quiet_until, self.hearing_speech = endpointer.quiet_until, endpointer.in_speech
 
     def _new_utterance(self, start: int | None) -> None:
         self.utt_start = start
@@ -356,10 +351,10 @@ class InboundAudio:
 
     def _after_batch(self) -> None:
         if self.detector.in_speech and self.utt_start is not None:
-            self.listener.on_speech((self._position() - self.utt_start) * 1000 / RATE)
+            self.listener.on_speech((self.detector.endpointer.position - self.utt_start) * 1000 / RATE)
         if not self.active or self.utt_start is None:
             return
-        pos = self._position()
+        pos = self.detector.endpointer.position
         if self.mode == "auto" and not self.detector.in_speech:
             return
         if pos - self.utt_start >= self.max_utterance_samples:

@@ -159,7 +159,7 @@ async def test_a_held_thought_waits_on_what_the_loop_has_heard_not_on_a_vad_pass
     alone with its rest in that very pass. The hold reads the loop's view, taken between passes."""
     call, turns = stage
     call.patience_ms = 1000  # the wall-clock fallback (no audio at all) is twice that
-    inbound = SimpleNamespace(quiet_until=0, heard_to=0, hearing_speech=False, utt_start=None,
+    inbound = SimpleNamespace(quiet_until=0, hearing_speech=False, utt_start=None,
                               detector=SimpleNamespace(in_speech=False), vad_position=0)
     call.inbound = inbound
     turns.on_final(final("I was looking at your invoices and", "asr_1", 0, 2000))
