@@ -323,10 +323,13 @@ ASR_MAX_BATCH = envint("ASR_MAX_BATCH", 4, minimum=1, maximum=16)
 ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # Admission control: a media worker holding this many calls refuses the next offer (or, scaled,
 # passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the
-# calls in progress keep their latency. 0 = no limit. Default from bench/capacity.py (docs/performance.md).
-# 10: on the 2-core machine with the default Smart Turn, 10 calls let in of 12 offered kept p95 at 1.1 s
-# and 12 reached 1.55 s (docs/performance.md, Capacity, "The default cap").
-MAX_CALLS_PER_WORKER = envint("MAX_CALLS_PER_WORKER", 10, minimum=0, maximum=10_000)
+# calls in progress keep their latency. 0 = no limit. "auto" (the default): sized to the host at the
+# worker's warm-up from one reference decode (media_pipeline/host_capacity.py; 10 until measured):
+# 6 on the slower 2-core machine bench/capacity.py measured, 9 on the faster (docs/performance.md).
+MAX_CALLS_PER_WORKER: int | None = (
+    None if envstr("MAX_CALLS_PER_WORKER", "auto").strip().lower() == "auto"
+    else envint("MAX_CALLS_PER_WORKER", 10, minimum=0, maximum=10_000)
+)
 # The same for audio-chunk (Socket.IO fallback) calls, counted apart: one costs a fraction of a WebRTC
 # call (a decode twice a second, finals only, the reply stored as a file; bench/chunk_fallback.py).
 MAX_CHUNK_CALLS_PER_WORKER = envint("MAX_CHUNK_CALLS_PER_WORKER", 40, minimum=0, maximum=10_000)

@@ -37,6 +37,7 @@ from django.conf import settings
 from lingecho.gc_pauses import freeze_loaded_objects
 from lingecho.priority import lower_current_thread_priority
 from lingecho.resilience.failures import EngineFailure, FailureListener
+from media_pipeline import host_capacity
 from media_pipeline.asr_batch import ASRBatcher
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engines import get_asr_engine, get_tts_engine, get_vad_model
@@ -184,6 +185,8 @@ def warm_up() -> None:
             return
         engines = get_engines()
         engines.asr.warm_up()
+        if settings.MAX_CALLS_PER_WORKER is None:  # "auto": size the call limit to this host
+            host_capacity.measure(engines.asr)
         list(engines.tts.synthesize("Hello.", language="en"))
         engines.vad.create_stream()
         if engines.turn is not None:

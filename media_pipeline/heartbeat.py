@@ -23,9 +23,14 @@ def _key(worker_id: str) -> str:
 CALLS_FIELD = {"webrtc": "calls", "chunk": "chunk_calls"}
 
 
-def publish_heartbeat(*, worker_id: str, channel_name: str, calls: int, chunk_calls: int = 0) -> None:
-    """``calls``: live WebRTC calls; ``chunk_calls``: live audio-chunk calls (admitted apart)."""
+def publish_heartbeat(
+    *, worker_id: str, channel_name: str, calls: int, chunk_calls: int = 0, limit: int | None = None
+) -> None:
+    """``calls``: live WebRTC calls; ``chunk_calls``: live audio-chunk calls (admitted apart);
+    ``limit``: the WebRTC calls this worker takes (sized to its host: workers may differ)."""
     beat = {"channel": channel_name, "calls": calls, "chunk_calls": chunk_calls, "at": time.time()}
+    if limit is not None:
+        beat["limit"] = limit
     cache.set(_key(worker_id), beat, timeout=_TTL_SECONDS)
     registry = set(cache.get(_REGISTRY_KEY) or ())
     if worker_id not in registry:

@@ -84,6 +84,9 @@ OUTBOUND_UNDERRUNS_TOTAL = Counter(
 )
 ACTIVE_CALLS = Gauge("lingecho_active_calls", "Calls with a live media pipeline in this process")
 PEER_CONNECTIONS = Gauge("lingecho_peer_connections", "aiortc peer connections of this process not yet closed")
+CALLS_LIMIT = Gauge(
+    "lingecho_calls_limit", "WebRTC calls this worker takes (MAX_CALLS_PER_WORKER, or sized to the host; 0 = no limit)"
+)
 CALLS_REFUSED_TOTAL = Counter(
     "lingecho_calls_refused_total", "Offers refused at capacity (MAX_CALLS_PER_WORKER; all lines busy)"
 )

@@ -52,7 +52,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from lingecho.channel_layer import cancel_requested, cancel_until_done
-from media_pipeline import heartbeat, metrics
+from media_pipeline import heartbeat, host_capacity, metrics
 from media_pipeline.chunked.call import ChunkCall
 from media_pipeline.contract import MEDIA_CHANNEL, MEDIA_WORKERS_GROUP, ErrorCode, chunk_done, error_body, event
 from media_pipeline.engine_pool import start_warm_up, warm_up_settle
@@ -83,8 +83,12 @@ OPENERS = {"media.offer": "webrtc", "media.chunk_open": "chunk"}
 
 
 def _limit(transport: str) -> int:
-    """Live calls of a transport one worker takes (settings; 0 = no limit)."""
-    return settings.MAX_CHUNK_CALLS_PER_WORKER if transport == "chunk" else settings.MAX_CALLS_PER_WORKER
+    """Live calls of a transport one worker takes (settings, or sized to the host; 0 = no limit)."""
+    if transport == "chunk":
+        return settings.MAX_CHUNK_CALLS_PER_WORKER
+    if settings.MAX_CALLS_PER_WORKER is not None:
+        return settings.MAX_CALLS_PER_WORKER
+    return host_capacity.calls_limit()
 
 
 def stats_key(worker_id: str) -> str:
@@ -137,9 +141,11 @@ class MediaWorker:
         atexit.register(self.stop_heartbeat)
 
     def publish(self) -> None:
+        metrics.CALLS_LIMIT.set(_limit("webrtc"))
         try:
             heartbeat.publish_heartbeat(worker_id=self.worker_id, channel_name=self.channel,
-                                        calls=self.live_calls("webrtc"), chunk_calls=self.live_calls("chunk"))
+                                        calls=self.live_calls("webrtc"), chunk_calls=self.live_calls("chunk"),
+                                        limit=_limit("webrtc"))
             cache.set(stats_key(self.worker_id), {**pacing_stats(), "calls": len(self.sessions)}, timeout=60)
         except Exception:  # noqa: BLE001 - a cache outage must not kill the thread; readiness shows it
             log.warning("heartbeat not published", exc_info=True)
@@ -446,12 +452,18 @@ class MediaWorker:
             beats = await asyncio.to_thread(heartbeat.live_workers)
         except Exception:  # noqa: BLE001 - no cache, no knowledge of the others: refuse rather than guess
             return None
-        limit = _limit(transport)
+        mine = _limit(transport)
         field = heartbeat.CALLS_FIELD[transport]
         now = time.time()
+
+        def limit(beat: dict) -> int:  # each worker's own (sized to its host) when it published one
+            theirs = beat.get("limit") if transport == "webrtc" else None
+            return theirs if isinstance(theirs, int) else mine
+
         room = [(beat[field], beat["channel"]) for worker_id, beat in beats.items()
                 if worker_id != self.worker_id and beat.get("channel") and isinstance(beat.get(field), int)
-                and (limit == 0 or beat[field] < limit) and (max_age is None or now - beat["at"] <= max_age)]
+                and (limit(beat) == 0 or beat[field] < limit(beat))
+                and (max_age is None or now - beat["at"] <= max_age)]
         return min(room) if room else None
 
     def _publish_soon(self) -> None:

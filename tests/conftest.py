@@ -4,9 +4,18 @@ import asyncio
 import os
 
 import pytest
+from django.conf import settings as django_settings
 from django.db.backends.signals import connection_created
 
 from tests.factories import make_scenario, make_team, make_user
+
+# Tests pin the call limit: "auto" (the default, media_pipeline/host_capacity.py) sizes it from a
+# decode timed at warm-up, and on a machine the suite itself keeps busy that would vary from run to
+# run. tests/media_pipeline/test_host_capacity.py tests "auto" itself. Servers the tests start
+# inherit it (tests/live_server.py copies the environment).
+os.environ.setdefault("MAX_CALLS_PER_WORKER", "10")
+if os.environ["MAX_CALLS_PER_WORKER"].strip().lower() != "auto":  # pytest-django loaded the settings first
+    django_settings.MAX_CALLS_PER_WORKER = int(os.environ["MAX_CALLS_PER_WORKER"])
 
 
 def _sqlite_readers_take_no_table_locks(sender, connection, **kwargs) -> None:

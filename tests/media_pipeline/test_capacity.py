@@ -11,7 +11,7 @@ import contextlib
 import pytest
 from asgiref.sync import sync_to_async
 
-from media_pipeline import metrics
+from media_pipeline import host_capacity, metrics
 from media_pipeline.contract import ErrorCode
 from media_pipeline.executor import RateBudget
 from roleplay import services
@@ -36,9 +36,14 @@ async def offer_only(peer: ContractPeer, client: VoiceClient) -> None:
     await peer.send("media.offer", scenario_id=0, user_id=0, **offer)
 
 
+@pytest.mark.parametrize("limit", ["setting", "auto"])
 async def test_a_call_over_capacity_is_refused_and_the_call_in_progress_carries_on(
-        media_worker, contract_peer, call_session, scenario, settings):
-    settings.MAX_CALLS_PER_WORKER = 1
+        media_worker, contract_peer, call_session, scenario, settings, monkeypatch, limit):
+    if limit == "auto":  # sized to the host (host_capacity): here as if its reference decode allowed one
+        settings.MAX_CALLS_PER_WORKER = None
+        monkeypatch.setattr(host_capacity, "_measured", 1)
+    else:
+        settings.MAX_CALLS_PER_WORKER = 1
     settings.CAPACITY_RETRY_AFTER_SECONDS = 20
     refused_before = metrics.CALLS_REFUSED_TOTAL._value.get()
     first, second = VoiceClient("pcma"), VoiceClient("pcma")
