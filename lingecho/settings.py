@@ -325,7 +325,7 @@ ENGINE_QUEUE_DEPTH = envint("ENGINE_QUEUE_DEPTH", 64, minimum=1)
 # passes it to a worker with room) with ERR_RATE_LIMIT {reason: "capacity", retry_after}, so the
 # calls in progress keep their latency. 0 = no limit. "auto" (the default): sized to the host at the
 # worker's warm-up from one reference decode (media_pipeline/host_capacity.py; 10 until measured):
-# 6 on the slower 2-core machine bench/capacity.py measured, 9 on the faster (docs/performance.md).
+# 5 on the slower 2-core machine bench/capacity.py measured, 8 on the faster (docs/performance.md).
 MAX_CALLS_PER_WORKER: int | None = (
     None if envstr("MAX_CALLS_PER_WORKER", "auto").strip().lower() == "auto"
     else envint("MAX_CALLS_PER_WORKER", 10, minimum=0, maximum=10_000)
