@@ -22,8 +22,9 @@ from websockets.asyncio.client import connect as ws_connect
 from media_pipeline.chunked.webm_stream import AudioDecodeError, PCM16Stream, WebMOpusStream, open_stream
 from signaling.chunk_sessions import ChunkLimits, ChunkRefused, SessionManager
 from signaling.socketio_wire import Ack, Connect, Event, Pong, SocketIOWire, WireError
-from tests.audio_fixtures import silence, speak, speak_pcm16, speak_with_pause
+from tests.audio_fixtures import silence, speak, speak_pcm16
 from tests.signaling.socketio_live import Client, LiveServer, media_recorder_pieces, webm_opus
+from tests.trailing_off import trailing_off_take
 
 SENTENCE = "Hello Margaret, how much time does your finance team spend on invoices every month?"
 
@@ -714,34 +715,13 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(server, client):
     assert json.loads(trainee[0][1])["decision"], trainee  # how its end was decided, for the review page
 
 
-def heard_trailing_off(text: str, before: str, pause_ms: int = 800, *, tries: int = 16) -> np.ndarray:
-    """``text`` with a pause after ``before``, as the recorder sends it: the first eSpeak synthesis
-    whose first half, through the page's 32 kbps WebM/Opus, the live ASR hears trail off with a margin.
+CONTENT_WORD_PAUSE = ("I understand that the budget is a big problem for you.", "I understand that the budget")
 
-    Why pick: eSpeak NG is not deterministic (its output depends on what it said before in the
-    process, so a full suite hears another "budget" than this test alone), and after Opus the ASR's
-    odds of "…" right after "budget" range 0.06-0.17 with the synthesis and with where the cut falls,
-    around the 0.1 bar (``words.TRAILS_OFF_MORE``); 6 of 60 finished sentences reach 0.1-0.155 too,
-    so the bar is a compromise, measured by bench/turn_taking.py. The test is about what the
-    pipeline does with a thought the ASR heard trail off (hold it, join what follows, answer once),
-    not about where one synthesis falls."""
-    from media_pipeline.engine_pool import asr_options
-    from media_pipeline.engines import get_asr_engine
-    from media_pipeline.turns.words import TRAILS_OFF_MORE
 
-    asr = get_asr_engine("faster_whisper", **asr_options())
-    for _ in range(tries):
-        audio = np.concatenate([silence(500), speak_with_pause(text, before, pause_ms), silence(1500)])
-        coded, _ = decode_all(WebMOpusStream(), media_recorder_pieces(audio))
-        voiced = np.flatnonzero(np.abs(coded) > 1e-3)
-        onset, pause_at = voiced[0], voiced[int(np.argmax(np.diff(voiced)))]
-        # Where the server's cut falls, give or take a VAD window: from the pre-roll before the VAD's
-        # start (~0.3 s before the voice) to the tail after its end (~0.1 s after the last word).
-        odds = [asr.transcribe(coded[max(0, onset - lead) : pause_at + tail], language="en").ending
-                for lead, tail in ((4400, 1600), (4800, 1600), (4800, 2400))]
-        if all(o is not None and o.more >= 1.3 * TRAILS_OFF_MORE for o in odds):
-            return audio
-    raise AssertionError(f"the ASR heard {before!r} as finished in {tries} syntheses of {tries}")
+def recorded(samples: np.ndarray) -> np.ndarray:
+    """``samples`` as the server decodes them from the page's recorder (32 kbps WebM/Opus)."""
+    coded, _ = decode_all(WebMOpusStream(), media_recorder_pieces(samples))
+    return coded
 
 
 @pytest.mark.slow
@@ -750,8 +730,8 @@ async def test_a_pause_after_a_content_word_mid_sentence_is_one_turn_with_one_re
     problem for you." no word rule holds after "budget", only the ASR's odds of "…" right after it
     (Transcript.ending, words.trailing_cue). The pause is cut into the whole sentence's audio, so
     "budget" keeps its mid-sentence pitch (said on its own it would fall, and be heard as finished)."""
-    audio = await asyncio.to_thread(
-        heard_trailing_off, "I understand that the budget is a big problem for you.", "I understand that the budget")
+    take = await asyncio.to_thread(trailing_off_take, *CONTENT_WORD_PAUSE, code=recorded)
+    audio = np.concatenate([silence(500), take, silence(1500)])
     started = await client.start(server.scenario_id())
     sid = started["sessionId"]
     await client.wait("avatar-response")  # the opening line
