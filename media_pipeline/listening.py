@@ -69,10 +69,13 @@ TURN_PRESPEECH_SAMPLES = RATE // 2
 # Words count for the turn decision only if they cover the speech up to this close to the pause:
 # an older interim may end on an "and" the trainee has since finished.
 WORDS_FRESH_SAMPLES = RATE // 5
-# Start the model early once a pause has lasted this long. Waiting a second window to skip
-# Silero's one-window dips between words saved only ~5 % of the runs on bench/turn_taking.py's
-# set (108 instead of 113 for 71 answers used) and cost 32 ms of every turn's delay.
-EARLY_AFTER_SAMPLES = 512
+# Start the model early once a pause has lasted this long (96 ms): it still answers before the ask
+# point (200 ms; one inference is 28-50 ms on these machines), and fewer of the short dips between
+# words start a run that speech then makes useless. bench/turn_taking.py, paced as a live call:
+# 273 runs for 236 answers used instead of 369 for 232 after 32 ms, the same delay (p50 266 ms, p95
+# 460 ms); bench/capacity.py at 4 calls: 16.4-16.6 % of a core per call instead of 17.3-18.1 %.
+# (An earlier measurement that found a wait costly fed the bench flat out, not in real time.)
+EARLY_AFTER_SAMPLES = RATE * 96 // 1000
 # How long the VAD thread waits for an early answer that is not ready, and when it asks again.
 EARLY_WAIT_SECONDS = 0.05
 PENDING_RETRY_MS = 64

@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from media_pipeline.executor import BoundedExecutor
-from media_pipeline.listening import TURN_PRESPEECH_SAMPLES, Listening
+from media_pipeline.listening import EARLY_AFTER_SAMPLES, TURN_PRESPEECH_SAMPLES, Listening
 from media_pipeline.turns import load_turn_detector, smart_turn, turn_policy
 from media_pipeline.turns.base import Verdict
 from media_pipeline.turns.policy import TurnPolicy
@@ -154,7 +154,8 @@ def test_the_model_is_started_early_when_a_pause_begins(turn_settings):
     ears = Listening(pool, vad_threshold=0.5, end_silence_ms=400, max_utterance_ms=30000)
     (end,) = ends(run(ears, windows(20), windows(40, SPEECH), windows(60)))
     assert (ears.early_started, ears.early_used) == (1, 1)
-    assert end.verdict.started_at == 61 * WINDOW, "started as the pause began, not at the ask point"
+    assert end.verdict.started_at == 60 * WINDOW + EARLY_AFTER_SAMPLES == 63 * WINDOW, \
+        "started 96 ms into the pause, not at the ask point"
     assert end.detected_at - end.sample == 6 * WINDOW
     (heard,) = detector.heard
     assert heard.size == TURN_PRESPEECH_SAMPLES + 46 * WINDOW, "the pause filled out to the ask point"
