@@ -13,7 +13,7 @@ from media_pipeline import joining
 from roleplay.models import RealtimeSession, Utterance
 from tests.audio_fixtures import silence, speak
 from tests.media_pipeline.voice_client import VoiceClient, connect
-from tests.trailing_off import trailing_off_take
+from tests.trailing_off import CONTENT_WORD_PAUSE, trailing_off_take
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -92,8 +92,8 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(media_worker, con
 
 # After a content word no word rule says "more to come": only the ASR's odds of "…" right after
 # "budget" (Transcript.ending, words.trailing_cue) hold the thought. The pause is cut into the whole
-# sentence's audio: "budget" spoken on its own would end on a falling pitch, and be heard as finished.
-CONTENT_WORD_PAUSE = ("I understand that the budget is a big problem for you.", "I understand that the budget")
+# sentence's audio: "budget" spoken on its own would end on a falling pitch, and be heard as finished
+# (the sentence: tests/trailing_off.py's CONTENT_WORD_PAUSE).
 BOTH_SIDES = {"understand", "budget", "problem"}
 
 

@@ -24,7 +24,7 @@ from signaling.chunk_sessions import ChunkLimits, ChunkRefused, SessionManager
 from signaling.socketio_wire import Ack, Connect, Event, Pong, SocketIOWire, WireError
 from tests.audio_fixtures import silence, speak, speak_pcm16
 from tests.signaling.socketio_live import Client, LiveServer, media_recorder_pieces, webm_opus
-from tests.trailing_off import trailing_off_take
+from tests.trailing_off import CONTENT_WORD_PAUSE, trailing_off_take
 
 SENTENCE = "Hello Margaret, how much time does your finance team spend on invoices every month?"
 
@@ -713,9 +713,6 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(server, client):
         "SELECT text, turn_end FROM roleplay_utterance WHERE session_id = ? AND speaker = 'trainee'", sid)
     assert len(trainee) == 1 and heard_all(trainee[0][0], "want", "month"), trainee
     assert json.loads(trainee[0][1])["decision"], trainee  # how its end was decided, for the review page
-
-
-CONTENT_WORD_PAUSE = ("I understand that the budget is a big problem for you.", "I understand that the budget")
 
 
 def recorded(samples: np.ndarray) -> np.ndarray:
