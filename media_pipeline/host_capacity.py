@@ -63,10 +63,10 @@ def measure(asr: Any) -> int:
         started = time.perf_counter()
         asr.transcribe(noise, language="en")
         runs.append((time.perf_counter() - started) * 1000)
-    _reference_ms = min(runs)
-    _measured = limit_for(_reference_ms, usable_cores())
+    _reference_ms, cores = min(runs), usable_cores()
+    _measured = limit_for(_reference_ms, cores)
     log.info("call limit sized to this host: %d calls per worker (reference decode %.0f ms, %d cores)",
-             _measured, _reference_ms, usable_cores())
+             _measured, _reference_ms, cores)
     return _measured
 
 

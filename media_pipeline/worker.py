@@ -141,11 +141,12 @@ class MediaWorker:
         atexit.register(self.stop_heartbeat)
 
     def publish(self) -> None:
-        metrics.CALLS_LIMIT.set(_limit("webrtc"))
+        limit = _limit("webrtc")
+        metrics.CALLS_LIMIT.set(limit)
         try:
             heartbeat.publish_heartbeat(worker_id=self.worker_id, channel_name=self.channel,
                                         calls=self.live_calls("webrtc"), chunk_calls=self.live_calls("chunk"),
-                                        limit=_limit("webrtc"))
+                                        limit=limit)
             cache.set(stats_key(self.worker_id), {**pacing_stats(), "calls": len(self.sessions)}, timeout=60)
         except Exception:  # noqa: BLE001 - a cache outage must not kill the thread; readiness shows it
             log.warning("heartbeat not published", exc_info=True)
@@ -455,15 +456,16 @@ class MediaWorker:
         mine = _limit(transport)
         field = heartbeat.CALLS_FIELD[transport]
         now = time.time()
-
-        def limit(beat: dict) -> int:  # each worker's own (sized to its host) when it published one
+        room = []
+        for worker_id, beat in beats.items():
+            if worker_id == self.worker_id or not beat.get("channel") or not isinstance(beat.get(field), int):
+                continue
+            if max_age is not None and now - beat["at"] > max_age:
+                continue
             theirs = beat.get("limit") if transport == "webrtc" else None
-            return theirs if isinstance(theirs, int) else mine
-
-        room = [(beat[field], beat["channel"]) for worker_id, beat in beats.items()
-                if worker_id != self.worker_id and beat.get("channel") and isinstance(beat.get(field), int)
-                and (limit(beat) == 0 or beat[field] < limit(beat))
-                and (max_age is None or now - beat["at"] <= max_age)]
+            limit = theirs if isinstance(theirs, int) else mine  # each worker's own, sized to its host
+            if limit == 0 or beat[field] < limit:
+                room.append((beat[field], beat["channel"]))
         return min(room) if room else None
 
     def _publish_soon(self) -> None:
