@@ -5,43 +5,67 @@ between two of its words, as a person who stops to think mid-clause: cut from th
 audio, the words before the pause keep their mid-sentence intonation (a fragment spoken on its own
 gets eSpeak's final fall, and an ASR rightly hears it as finished). ``spoken``, ``word_after``,
 ``cut_point`` and ``voiced_span`` are its parts, shared with bench/turn_taking.py.
+
+Every utterance is synthesised in a process of its own, forked from a server that has never spoken,
+so a text always comes out the same: libespeak-ng carries state from one utterance to the next (its
+pitch flutter and wave phase; neither ``espeak_Initialize`` nor a seed resets them), and a test that
+ran alone heard another take than the same test in the full suite ("finance team" became "final
+steam"). ``take`` asks for another, equally reproducible take: the fresh synthesiser first says a
+short primer ``take`` times.
 """
 
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from media_pipeline import audio
-from media_pipeline.engines.tts.espeak import EspeakTTSEngine
+from tests.espeak_fresh import FreshProcesses
 
-_engine: EspeakTTSEngine | None = None
+PRIMER = "One two three."
+_fresh = FreshProcesses()
 
 
-def _tts() -> EspeakTTSEngine:
-    global _engine
-    if _engine is None:
-        _engine = EspeakTTSEngine()
-    return _engine
+def _prime(take: int) -> None:
+    from media_pipeline.engines.tts.espeak import EspeakTTSEngine
+
+    for _ in range(take):
+        list(EspeakTTSEngine().synthesize(PRIMER))
+
+
+def _synthesise(text: str, voice: str, language: str, speed: float, take: int) -> tuple[np.ndarray, int]:
+    """In the fresh process: eSpeak's int16 audio for ``text`` and its sample rate."""
+    from media_pipeline.engines.tts.espeak import EspeakTTSEngine
+
+    _prime(take)
+    engine = EspeakTTSEngine()
+    chunks = list(engine.synthesize(text, voice=voice, language=language, speed=speed))
+    return (np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)), engine.sample_rate
+
+
+@lru_cache(maxsize=512)
+def _utterance(text: str, voice: str, language: str, speed: float, take: int) -> tuple[np.ndarray, int]:
+    pcm, rate = _fresh.call(__name__, "_synthesise", text, voice, language, speed, take)
+    pcm.setflags(write=False)  # shared by every caller that asks for the same take
+    return pcm, rate
 
 
 def speak(
-    text: str, *, language: str = "en", rate: int = 16000, voice: str = "", speed: float = 1.0
+    text: str, *, language: str = "en", rate: int = 16000, voice: str = "", speed: float = 1.0, take: int = 0
 ) -> np.ndarray:
-    """``text`` spoken by eSpeak NG as float32 mono at ``rate``."""
-    engine = _tts()
-    chunks = list(engine.synthesize(text, voice=voice, language=language, speed=speed))
-    pcm = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-    return audio.resample(pcm, engine.sample_rate, rate)
+    """``text`` spoken by eSpeak NG as float32 mono at ``rate``: the same samples every time."""
+    pcm, native = _utterance(text, voice, language, speed, take)
+    return audio.resample(pcm, native, rate)
 
 
 def speak_pcm16(
-    text: str, *, language: str = "en", rate: int = 16000, voice: str = "", speed: float = 1.0
+    text: str, *, language: str = "en", rate: int = 16000, voice: str = "", speed: float = 1.0, take: int = 0
 ) -> np.ndarray:
     """Like :func:`speak` but int16, as a codec or a WAV would carry it."""
-    return audio.float32_to_pcm16(speak(text, language=language, rate=rate, voice=voice, speed=speed))
+    return audio.float32_to_pcm16(speak(text, language=language, rate=rate, voice=voice, speed=speed, take=take))
 
 
 def silence(ms: int, rate: int = 16000) -> np.ndarray:
@@ -87,14 +111,30 @@ _EVENT_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short),
 _EVENT_WORD, _EVENT_LIST_TERMINATED = 1, 0
 
 
-def spoken(text: str, language: str = "en", speed: float = 1.0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def spoken(
+    text: str, language: str = "en", speed: float = 1.0, take: int = 0
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """eSpeak NG's audio for ``text`` (16 kHz float32) and where each word starts in it, as
     ``(character index in text, sample)``: the synthesiser's own word events, so a cut "before word N"
     is exactly between words N-1 and N (an energy minimum is not: a comma's pause before "and" is
-    quieter than the gap after it). Same voice, rate and sentence split as ``speak``; the engine's
-    audio callback is swapped for one that also reads the events, and put back."""
+    quieter than the gap after it). Same voice, rate, sentence split and takes as ``speak``."""
+    whole, words = _spoken_utterance(text, language, speed, take)
+    return whole.copy(), list(words)
+
+
+@lru_cache(maxsize=256)
+def _spoken_utterance(text: str, language: str, speed: float, take: int) -> tuple[np.ndarray, tuple]:
+    whole, words = _fresh.call(__name__, "_spoken_with_events", text, language, speed, take)
+    return whole, tuple(words)
+
+
+def _spoken_with_events(text: str, language: str, speed: float, take: int) -> tuple[np.ndarray, list]:
+    """In the fresh process: the engine's audio callback is swapped for one that also reads the word
+    events, and put back."""
     from media_pipeline.engines.tts import espeak
     from media_pipeline.engines.tts.text import sentence_split
+
+    _prime(take)
 
     lib = espeak._library()  # noqa: SLF001 - the word events the engine ignores
     rate_wpm = int(np.clip(round(espeak.NORMAL_WPM * speed), espeak.MIN_WPM, espeak.MAX_WPM))
@@ -169,12 +209,13 @@ def cut_point(whole: np.ndarray, words: list[tuple[int, int]], chars: int) -> in
 
 
 def speak_with_pause(
-    text: str, before: str, pause_ms: int, rate: int = 16000, *, language: str = "en", speed: float = 1.0
+    text: str, before: str, pause_ms: int, rate: int = 16000, *, language: str = "en", speed: float = 1.0,
+    take: int = 0,
 ) -> np.ndarray:
     """The whole sentence ``text`` spoken by eSpeak NG with ``pause_ms`` of silence right before the
     word that follows its prefix ``before`` (float32 mono at ``rate``): "I understand that the
     budget | is tight this quarter." with the first half still rising, as a speaker who stops mid-clause."""
-    whole, words = spoken(text, language, speed)
+    whole, words = spoken(text, language, speed, take)
     at = cut_point(whole, words, word_after(text, before))
     paused = np.concatenate([whole[:at], silence(pause_ms, SPOKEN_RATE), whole[at:]])
     return audio.resample(paused, SPOKEN_RATE, rate)

@@ -1,9 +1,8 @@
 """An eSpeak take of a paused sentence that the live ASR hears trail off at the pause, for the tests
 of a thought held on the ASR's odds alone (no word says "more to come": "…the budget | is…").
 
-Why pick a take: eSpeak NG is not deterministic (its output depends on what it said before in the
-process, so a full suite hears another "budget" than one test alone), and the ASR's odds of "…"
-right after "budget" move with the take, the codec and where the cut falls: 0.06-0.17 after the
+Why pick a take: the ASR's odds of "…" right after "budget" move with the take (every take is
+reproducible: tests/audio_fixtures.py), the codec and where the cut falls: 0.06-0.17 after the
 recorder's 32 kbps Opus (25 ms more lead-in moved one take from 0.06 to 0.14), around the bar of 0.1
 (``words.TRAILS_OFF_MORE``), which is a compromise: 6 of 60 finished sentences reach 0.10-0.155
 (docs/performance.md, turn-taking, seventh round). Those tests are about what the pipeline does
@@ -41,8 +40,8 @@ def trailing_off_take(
 
     asr = get_asr_engine("faster_whisper", **asr_options())
     best, best_odds = None, -1.0
-    for _ in range(tries):
-        take = speak_with_pause(text, before, pause_ms, rate=rate)
+    for number in range(tries):
+        take = speak_with_pause(text, before, pause_ms, rate=rate, take=number)
         heard = np.concatenate([silence(500), audio.resample(take, rate, RATE), silence(1500)])
         if code is not None:
             heard = code(heard)
@@ -57,6 +56,5 @@ def trailing_off_take(
             return take
         if weakest > best_odds:
             best, best_odds = take, weakest
-    # eSpeak's takes are not independent: in some process states (what it said before) every take
-    # falls short of the margin. Then the take the ASR hears trail off most: never worse than one take.
+    # On a machine whose ASR hears every take fall short of the margin: the take it hears trail off most.
     return best
