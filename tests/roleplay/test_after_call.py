@@ -102,8 +102,8 @@ def test_it_archives_every_artefact_when_a_session_ends(recorded, django_capture
     assert retranscript["status"] == "done"
     assert {s["speaker"] for s in retranscript["segments"]} == {"trainee", "buyer"}
     assert "reconcile" in retranscript["text"]["trainee"].lower()
-    assert "savings" in retranscript["text"]["trainee"].lower()
-    assert "savings" not in retranscript["text"]["buyer"].lower()
+    assert "saving" in retranscript["text"]["trainee"].lower()  # tiny.en hears "savings" or "saving"
+    assert "saving" not in retranscript["text"]["buyer"].lower()
     words = [w for s in retranscript["segments"] for w in s["words"]]
     assert words and all(w["end_ms"] >= w["start_ms"] for w in words)
     schedule = next(w for s in retranscript["segments"] if s["speaker"] == "trainee" for w in s["words"]
