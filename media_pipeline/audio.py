@@ -119,6 +119,35 @@ class Resampler:
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32, copy=False)
 
 
+class FrameConverter:
+    """Decoded frames of any layout, format and rate (a stream of them) → float32 mono at ``rate``.
+
+    One libswresample call per frame does the downmix, the format conversion and the resampling
+    (WebRTC's Opus arrives as 48 kHz packed s16 stereo, 50 frames a second per call): 34 µs a
+    frame here against 126 µs for ``to_ndarray`` + :func:`downmix` + :class:`Resampler`. It
+    converts to s16, whose downmix matrix is normalised to (L + R) / 2 as :func:`downmix` does;
+    to float it would be (L + R) / √2, 3 dB louder. The filter history carries across frames; a
+    frame whose layout, format or rate differs from the last starts a new filter.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = int(rate)
+        self._swr: av.AudioResampler | None = None
+        self._shape: tuple[str, str, int] | None = None
+
+    def convert(self, frame: av.AudioFrame) -> np.ndarray:
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if shape != self._shape:
+            self._swr = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
+            self._shape = shape
+        frame.pts = None  # a gap in the sender's timestamps is not a reason to insert silence
+        out = self._swr.resample(frame)
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        pcm = out[0].to_ndarray() if len(out) == 1 else np.concatenate([f.to_ndarray() for f in out], axis=1)
+        return pcm.reshape(-1).astype(np.float32) * (1.0 / 32768.0)
+
+
 def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
     """One-shot resample of a whole mono buffer (int16 or float32) -> float32."""
     if in_rate == out_rate:

@@ -1,7 +1,8 @@
 """The trainee's voice over WebRTC: every inbound track consumed, decoded audio → 16 kHz → listening.
 
 Stages, each one job: ``_consume`` reads a track (aiortc queues frames without bound if nobody
-reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz into the shared
+reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz (one libswresample call
+a frame: ``audio.FrameConverter``) into the shared
 listening stage (``media_pipeline.listening``: kept audio, VAD, pre-roll, final decodes and their
 failures); ``_vad_loop`` has it score 32 ms batches off the loop (through the process's
 ``vad_batch`` queue: one VAD-thread pass scores every call's waiting hop, so thread hand-overs do
@@ -31,7 +32,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from media_pipeline import metrics
-from media_pipeline.audio import Resampler, downmix
+from media_pipeline.audio import FrameConverter
 from media_pipeline.contract import ErrorCode
 from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.vad.base import VADEvent
@@ -191,9 +192,9 @@ class InboundAudio:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    # --- stage 1: decode, downmix, resample ----------------------------------------------------
+    # --- stage 1: downmix and resample the decoded frames -----------------------------------------
     async def _consume(self, track: Any, primary: bool) -> None:
-        resampler: Resampler | None = None
+        to_16k = FrameConverter(RATE)
         while not self._closed:
             try:
                 frame = await asyncio.wait_for(track.recv(), STALL_SECONDS)
@@ -207,11 +208,7 @@ class InboundAudio:
             now = time.monotonic()
             self._last_frame_at = now
             self._audio_error_sent = False
-            pcm = frame.to_ndarray()
-            mono = downmix(pcm, len(frame.layout.channels))
-            if resampler is None or resampler.in_rate != frame.sample_rate:
-                resampler = Resampler(frame.sample_rate, RATE)
-            self._append(resampler.process(mono), now)
+            self._append(to_16k.convert(frame), now)
         if primary and not self._closed:
             self._on_stall()  # the track ended: close a turn left open
 

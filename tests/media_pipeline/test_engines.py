@@ -229,6 +229,33 @@ def test_it_resamples_espeak_rate_and_downmixes_stereo():
     assert len(audio.to_asr_input(interleaved, 22050, channels=2)) == pytest.approx(RATE, abs=2)
 
 
+def test_decoded_webrtc_frames_become_the_same_16k_mono_whatever_their_layout_or_timestamps():
+    """What WebRTC's inbound stage does with aiortc's frames: 48 kHz packed s16 stereo (Opus) or
+    8 kHz mono (PCMA), timestamps with a gap, the layout changing mid-stream."""
+    import av
+
+    speech = speak_pcm16("Let me check with my manager.", rate=48000)
+    converter = audio.FrameConverter(RATE)
+
+    def frame(pcm: np.ndarray, layout: str, rate: int, pts: int) -> av.AudioFrame:
+        packed = np.stack([pcm, pcm], axis=1).reshape(1, -1) if layout == "stereo" else pcm.reshape(1, -1)
+        made = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
+        made.sample_rate, made.pts = rate, pts
+        return made
+
+    pieces = [speech[i : i + 960] for i in range(0, len(speech) - 960 + 1, 960)]
+    got = np.concatenate([converter.convert(frame(p, "stereo", 48000, i * 960 + (5000 if i > 20 else 0)))
+                          for i, p in enumerate(pieces)])
+    reference = audio.resample(np.concatenate(pieces), 48000, RATE)  # mono in, so no downmix
+    n = min(len(got), len(reference))
+    assert abs(len(got) - len(reference)) <= 16  # the filter's delay, nothing inserted at the gap
+    assert np.corrcoef(got[:n], reference[:n])[0, 1] > 0.99
+    assert np.abs(got).max() == pytest.approx(np.abs(reference).max(), rel=0.02)  # (L + R) / 2, not 3 dB up
+    narrow = audio.float32_to_pcm16(audio.resample(speech, 48000, 8000))
+    after = converter.convert(frame(narrow[:160], "mono", 8000, 0))  # PCMA after a renegotiation
+    assert after.dtype == np.float32 and 0 < after.size <= 320
+
+
 def test_it_round_trips_pcm16_wav_and_levels(tmp_path):
     pcm = speak_pcm16("Deal.")
     assert np.array_equal(audio.float32_to_pcm16(audio.pcm16_to_float32(pcm.tobytes())), pcm)
