@@ -34,6 +34,6 @@ def _schedule_session_sweep(sender: Celery, **_: object) -> None:
 @worker_process_init.connect
 def _lower_worker_priority(**_: object) -> None:
     """After-call jobs are batch work: on a shared host the live calls' loops come first."""
-    from lingecho.priority import lower_current_thread_priority
+    from lingecho.priority import lower_after_call_priority
 
-    lower_current_thread_priority()
+    lower_after_call_priority()

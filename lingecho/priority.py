@@ -24,9 +24,11 @@ logger = logging.getLogger(__name__)
 _lowered = threading.local()
 
 
-def lower_current_thread_priority() -> None:
-    """Add ``ENGINE_THREAD_NICE`` to this thread's nice value, once per thread (0 turns it off)."""
-    increment = getattr(settings, "ENGINE_THREAD_NICE", 0)
+def lower_current_thread_priority(increment: int | None = None) -> None:
+    """Add ``increment`` (default ``ENGINE_THREAD_NICE``) to this thread's nice value, once per
+    thread (0 turns it off)."""
+    if increment is None:
+        increment = getattr(settings, "ENGINE_THREAD_NICE", 0)
     if increment <= 0 or getattr(_lowered, "done", False) or not hasattr(os, "setpriority"):
         return
     _lowered.done = True
@@ -35,6 +37,15 @@ def lower_current_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment))
     except OSError as exc:  # e.g. a seccomp profile without setpriority: run at normal priority
         logger.warning("could not lower engine thread priority: %s", exc)
+
+
+def lower_after_call_priority() -> None:
+    """After-call jobs (recording compression, re-transcription) below the live engines too:
+    ``AFTER_CALL_THREAD_NICE``. At the engines' own nice value a job took a quarter of the embedded
+    server's samples while other calls were still talking (py-spy, 4 calls) and competed with
+    their decodes as an equal; the trainee waiting for a reply comes before the report of a call
+    that has ended."""
+    lower_current_thread_priority(getattr(settings, "AFTER_CALL_THREAD_NICE", 0))
 
 
 def current_thread_nice() -> int:

@@ -343,6 +343,9 @@ GC_FULL_COLLECTION_SECONDS = envfloat("GC_FULL_COLLECTION_SECONDS", 3600.0, mini
 SHUTDOWN_DRAIN_SECONDS = envfloat("SHUTDOWN_DRAIN_SECONDS", 10.0, minimum=0.0)
 # Added to the nice value of engine threads so socket loops preempt them (lingecho.priority).
 ENGINE_THREAD_NICE = envint("ENGINE_THREAD_NICE", 10, minimum=0)
+# ...and to after-call jobs' (the embedded server's background thread, Celery worker processes), so
+# the live calls' engines come before them too (lingecho.priority.lower_after_call_priority).
+AFTER_CALL_THREAD_NICE = envint("AFTER_CALL_THREAD_NICE", 19, minimum=0)
 VAD_THRESHOLD = envfloat("VAD_THRESHOLD", 0.5, minimum=0.0)
 ENDPOINT_SILENCE_MS = envint("ENDPOINT_SILENCE_MS", 400, minimum=100)
 # End of turn (media_pipeline.turns): "smart" = Smart Turn v3.2 decides at a pause whether the

@@ -20,7 +20,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.db import connections
 
-from lingecho.priority import lower_current_thread_priority
+from lingecho.priority import lower_after_call_priority
 from roleplay import after_call, lifecycle
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def retry_countdown(retries: int) -> int:
 
 # One job at a time: the embedded server has few cores and the calls in progress come first.
 _background = ThreadPoolExecutor(
-    max_workers=1, thread_name_prefix="after-call", initializer=lower_current_thread_priority
+    max_workers=1, thread_name_prefix="after-call", initializer=lower_after_call_priority
 )
 
 

@@ -41,3 +41,15 @@ def test_zero_turns_it_off(settings):
     base = current_thread_nice()
     with BoundedExecutor("test-nice-off", max_workers=1, max_queue=0) as pool:
         assert pool.submit(current_thread_nice).result() == base
+
+
+def test_after_call_jobs_run_below_the_live_engines(settings):
+    """The embedded server's after-call thread: a call that has ended waits for the ones still talking."""
+    from roleplay import tasks
+
+    settings.ENGINE_THREAD_NICE, settings.AFTER_CALL_THREAD_NICE = 10, 19
+    base = current_thread_nice()
+    after_call = tasks._background.submit(current_thread_nice).result(timeout=10)  # noqa: SLF001
+    with BoundedExecutor("test-nice-engine", max_workers=1, max_queue=0) as pool:
+        engine = pool.submit(current_thread_nice).result()
+    assert engine == min(19, base + 10) < after_call == min(19, base + 19)
