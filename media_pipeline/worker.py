@@ -352,7 +352,24 @@ class MediaWorker:
             call.counted = True
             metrics.ACTIVE_CALLS.inc()
             self._publish_soon()
+        if kind == "media.offer" and self._offered_already(call, message):
+            metrics.OFFERS_DUPLICATED_TOTAL.inc()
+            return
         call.submit(message)
+
+    def _offered_already(self, call: Any, message: dict[str, Any]) -> bool:
+        """The offer this call took, delivered to this worker a second time (the same channels-redis
+        backup list as in ``_claimed``, pushed back to the worker that read it): a second answer
+        would replace the peer the client has just accepted, and the caller would never connect
+        (seen once in the scaled topology test: "answer", "answer", no "connected"). A re-offer
+        from the client, or from a new connection resuming the session, has another key."""
+        key = self._offer_key(message)
+        if key[2] is None:
+            return False
+        if getattr(call, "offer_key", None) == key:
+            return True
+        call.offer_key = key
+        return False
 
     async def _answer_when_closed(self, call: ChunkCall, message: dict[str, Any]) -> None:
         await call.finished.wait()

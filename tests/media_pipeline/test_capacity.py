@@ -162,6 +162,32 @@ async def test_an_offer_delivered_to_two_workers_is_taken_by_one(media_worker, s
         assert len(peer.of_type("answer")) == 1
 
 
+async def test_an_offer_delivered_twice_to_the_worker_that_took_it_is_answered_once(media_worker, scenario):
+    """The same channels-redis backup list can hand the offer back to the worker that already took it:
+    a second answer would replace the peer the client accepted (it never connects). A real re-offer,
+    with the connection's next offer id, is still answered."""
+    from media_pipeline.contract import to_worker
+
+    dropped_before = metrics.OFFERS_DUPLICATED_TOTAL._value.get()
+    async with second_worker(media_worker, scenario, 1, "again") as (_other, (peer,), (client,)):
+        offer, _ = await client.offer()
+        message = to_worker("media.offer", session_id=peer.session_id, reply_channel=peer.reply_channel,
+                            scenario_id=0, user_id=0, offer_id=1, **offer)
+        await media_worker.layer.send(media_worker.channel, message)
+        await peer.expect("answer")
+        await media_worker.layer.send(media_worker.channel, message)  # the same offer, delivered again
+        for _ in range(100):
+            if metrics.OFFERS_DUPLICATED_TOTAL._value.get() > dropped_before:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert metrics.OFFERS_DUPLICATED_TOTAL._value.get() == dropped_before + 1
+        assert len(peer.of_type("answer")) == 1 and media_worker.live_calls() == 1
+        await media_worker.layer.send(media_worker.channel, dict(message, offer_id=2))  # a re-offer
+        await peer.expect("answer")
+        assert len(peer.of_type("answer")) == 2
+
+
 def test_the_interim_budget_is_shared_and_refills():
     now = [0.0]
     budget = RateBudget(2.0, burst=2.0, clock=lambda: now[0])
