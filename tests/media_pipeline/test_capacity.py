@@ -138,51 +138,42 @@ async def test_a_new_call_goes_to_the_worker_with_fewer_calls(media_worker, scen
         assert metrics.CALLS_BALANCED_TOTAL._value.get() == balanced_before + 2
 
 
-async def test_an_offer_delivered_to_two_workers_is_taken_by_one(media_worker, scenario):
-    """channels-redis can hand one message of a shared channel to two readers (its in-flight list is
-    shared, django/channels_redis#163): the second worker to get an offer finds it claimed and drops it,
-    so the caller gets one answer."""
+async def offer_message(peer, client, offer_id: int = 1) -> dict:
+    """The ``media.offer`` signaling would send for ``client``'s offer, to deliver by hand."""
     from media_pipeline.contract import to_worker
 
+    offer, _ = await client.offer()
+    return to_worker("media.offer", session_id=peer.session_id, reply_channel=peer.reply_channel,
+                     scenario_id=0, user_id=0, offer_id=offer_id, **offer)
+
+
+async def duplicates_dropped_since(before: float) -> float:
+    """Offers dropped as delivered twice since ``before`` (waits up to 2 s for the first)."""
+    for _ in range(100):
+        if metrics.OFFERS_DUPLICATED_TOTAL._value.get() > before:
+            break
+        await asyncio.sleep(0.02)
+    return metrics.OFFERS_DUPLICATED_TOTAL._value.get() - before
+
+
+@pytest.mark.parametrize("again_to", ["another worker", "the same worker"])
+async def test_an_offer_delivered_twice_is_answered_once(media_worker, scenario, again_to):
+    """channels-redis can hand one message of a shared channel to two readers, or back to the one that
+    read it (its in-flight list is shared, django/channels_redis#163). Another worker finds the offer
+    claimed; the worker that took it finds its call holds that offer already. Either drops it, so the
+    caller gets one answer: a second one would replace the peer the client accepted, which then never
+    connects. A real re-offer, with the connection's next offer id, is still answered."""
     dropped_before = metrics.OFFERS_DUPLICATED_TOTAL._value.get()
     async with second_worker(media_worker, scenario, 1, "dup") as (other, (peer,), (client,)):
-        offer, _ = await client.offer()
-        message = to_worker("media.offer", session_id=peer.session_id, reply_channel=peer.reply_channel,
-                            scenario_id=0, user_id=0, offer_id=1, **offer)
+        message = await offer_message(peer, client)
         await media_worker.layer.send(media_worker.channel, message)
         await peer.expect("answer")
-        await media_worker.layer.send(other.channel, message)  # the same offer, delivered again
-        for _ in range(100):
-            if metrics.OFFERS_DUPLICATED_TOTAL._value.get() > dropped_before:
-                break
-            await asyncio.sleep(0.02)
-        assert metrics.OFFERS_DUPLICATED_TOTAL._value.get() == dropped_before + 1
+        target = other if again_to == "another worker" else media_worker
+        await media_worker.layer.send(target.channel, message)  # the same offer, delivered again
+        assert await duplicates_dropped_since(dropped_before) == 1
+        await asyncio.sleep(0.2)
         assert (media_worker.live_calls(), other.live_calls()) == (1, 0)
-        await asyncio.sleep(0.2)
         assert len(peer.of_type("answer")) == 1
-
-
-async def test_an_offer_delivered_twice_to_the_worker_that_took_it_is_answered_once(media_worker, scenario):
-    """The same channels-redis backup list can hand the offer back to the worker that already took it:
-    a second answer would replace the peer the client accepted (it never connects). A real re-offer,
-    with the connection's next offer id, is still answered."""
-    from media_pipeline.contract import to_worker
-
-    dropped_before = metrics.OFFERS_DUPLICATED_TOTAL._value.get()
-    async with second_worker(media_worker, scenario, 1, "again") as (_other, (peer,), (client,)):
-        offer, _ = await client.offer()
-        message = to_worker("media.offer", session_id=peer.session_id, reply_channel=peer.reply_channel,
-                            scenario_id=0, user_id=0, offer_id=1, **offer)
-        await media_worker.layer.send(media_worker.channel, message)
-        await peer.expect("answer")
-        await media_worker.layer.send(media_worker.channel, message)  # the same offer, delivered again
-        for _ in range(100):
-            if metrics.OFFERS_DUPLICATED_TOTAL._value.get() > dropped_before:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)
-        assert metrics.OFFERS_DUPLICATED_TOTAL._value.get() == dropped_before + 1
-        assert len(peer.of_type("answer")) == 1 and media_worker.live_calls() == 1
         await media_worker.layer.send(media_worker.channel, dict(message, offer_id=2))  # a re-offer
         await peer.expect("answer")
         assert len(peer.of_type("answer")) == 2
