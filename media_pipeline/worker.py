@@ -352,24 +352,12 @@ class MediaWorker:
             call.counted = True
             metrics.ACTIVE_CALLS.inc()
             self._publish_soon()
-        if kind == "media.offer" and self._offered_already(call, message):
+        elif kind == "media.offer" and not await self._claimed(message):
+            # The offer this call took, handed back to this worker by the same backup list: a second
+            # answer would replace the peer the client has just accepted, which then never connects.
             metrics.OFFERS_DUPLICATED_TOTAL.inc()
             return
         call.submit(message)
-
-    def _offered_already(self, call: Any, message: dict[str, Any]) -> bool:
-        """The offer this call took, delivered to this worker a second time (the same channels-redis
-        backup list as in ``_claimed``, pushed back to the worker that read it): a second answer
-        would replace the peer the client has just accepted, and the caller would never connect
-        (seen once in the scaled topology test: "answer", "answer", no "connected"). A re-offer
-        from the client, or from a new connection resuming the session, has another key."""
-        key = self._offer_key(message)
-        if key[2] is None:
-            return False
-        if getattr(call, "offer_key", None) == key:
-            return True
-        call.offer_key = key
-        return False
 
     async def _answer_when_closed(self, call: ChunkCall, message: dict[str, Any]) -> None:
         await call.finished.wait()
@@ -505,14 +493,16 @@ class MediaWorker:
         return (message.get("session_id", ""), message.get("reply_channel", ""), message.get("offer_id"))
 
     async def _claimed(self, message: dict[str, Any]) -> bool:
-        """Claim a fresh offer for this worker, once across all workers (a cache ``add``).
+        """Claim an offer for this worker, once across all workers and deliveries (a cache ``add``).
 
         channels-redis keeps a message popped from a shared channel in one backup list shared by
         every process reading that channel, and each reader's next receive pushes that list back
         (django/channels_redis#163): with two workers on ``media`` an offer was now and then
         delivered to both, both answered, and the caller never connected (bench/capacity.py, 16
-        calls on two workers). An offer passed on by a worker (``CAPACITY_HOPS_KEY``) was claimed by
-        that worker already; an offer without an id, or a cache that fails, is taken as before.
+        calls on two workers). The list can also hand it back to the worker that took it, whose
+        call then answered it again as a re-offer (the scaled topology test, once). An offer passed
+        on by a worker (``CAPACITY_HOPS_KEY``) was claimed by that worker already; an offer without
+        an id, or a cache that fails, is taken as before.
         """
         offer_id = message.get("offer_id")
         if offer_id is None or message.get(CAPACITY_HOPS_KEY):

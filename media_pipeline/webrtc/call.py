@@ -73,7 +73,6 @@ class CallSession:
         self.mode = "auto"
         self.closed = False
         self.offer_id: Any = None  # the consumer's id of the offer this call answered last
-        self.offer_key: tuple[str, str, Any] | None = None  # (session, reply channel, offer id) taken last
         self.last_signal = time.monotonic()  # the last message from signaling (the idle reaper reads it)
         self.counted = False  # in the worker's ACTIVE_CALLS
         self.speaker = Speaker(self)
