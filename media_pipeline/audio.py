@@ -145,7 +145,7 @@ class FrameConverter:
         if not out:
             return np.zeros(0, dtype=np.float32)
         pcm = out[0].to_ndarray() if len(out) == 1 else np.concatenate([f.to_ndarray() for f in out], axis=1)
-        return pcm.reshape(-1).astype(np.float32) * (1.0 / 32768.0)
+        return pcm16_to_float32(pcm.reshape(-1))
 
 
 def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
