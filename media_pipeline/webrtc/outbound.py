@@ -33,7 +33,7 @@ from av import AudioFrame, CodecContext
 from av.packet import Packet
 
 from media_pipeline import metrics
-from media_pipeline.audio import Resampler, float32_to_pcm16
+from media_pipeline.audio import float32_to_pcm16, resample
 from roleplay.audio_format import SAMPLE_RATE
 
 FRAME_MS = 20
@@ -143,6 +143,8 @@ class _Reply:
     played: int = 0
     closed: bool = False  # the producer has pushed everything
     first_frame_at: float | None = None
+    recorded: collections.deque = field(default_factory=collections.deque)  # the same audio at 16 kHz (int16)
+    recorded_out: int = 0  # 16 kHz samples handed to the recording so far
 
 
 class OutboundAudioTrack(MediaStreamTrack):
@@ -167,7 +169,6 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._pts = 0
         self._reply: _Reply | None = None
         self._record = record
-        self._to_16k = Resampler(sample_rate, SAMPLE_RATE)
         self.underruns = 0
         self.frames_sent = 0
         self.last_send_at: float | None = None
@@ -185,7 +186,6 @@ class OutboundAudioTrack(MediaStreamTrack):
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._time_base = fractions.Fraction(1, sample_rate)
         self._silence = np.zeros(self.frame_samples, dtype=np.int16)
-        self._to_16k = Resampler(sample_rate, SAMPLE_RATE)
 
     # --- producer side --------------------------------------------------------------------------
     @property
@@ -205,8 +205,14 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._reply = _Reply(reply_id=reply_id, done=done)
         return done
 
-    def push(self, samples: np.ndarray, text: str = "") -> None:
-        """Queue int16 (or float) mono audio at ``sample_rate`` for the current reply."""
+    def push(self, samples: np.ndarray, text: str = "", recorded: np.ndarray | None = None) -> None:
+        """Queue int16 (or float) mono audio at ``sample_rate`` for the current reply.
+
+        ``recorded`` is the same audio at 16 kHz for the call recording, made where the reply was
+        synthesised (off the loop, one resample per sentence); without it the track resamples the
+        sentence here, once. Either way no frame is resampled on the loop as it goes out: that was
+        a resampler call per 20 ms of reply audio, the track's largest cost after sending.
+        """
         reply = self._reply
         if reply is None or reply.closed:
             return
@@ -216,6 +222,10 @@ class OutboundAudioTrack(MediaStreamTrack):
         reply.buffer.append(pcm)
         reply.buffered += pcm.size
         reply.segments.append(Segment(text=text, total=int(pcm.size)))
+        if self._record is not None:
+            if recorded is None:
+                recorded = float32_to_pcm16(resample(pcm, self.sample_rate, SAMPLE_RATE))
+            reply.recorded.append(recorded if recorded.dtype == np.int16 else float32_to_pcm16(recorded))
 
     def close_reply(self) -> None:
         """No more audio for this reply: it completes once the queue has played out."""
@@ -288,6 +298,24 @@ class OutboundAudioTrack(MediaStreamTrack):
             parts.append(np.zeros(need, dtype=np.int16))
         return np.concatenate(parts) if len(parts) > 1 else parts[0], True
 
+    def _recorded_part(self, reply: _Reply) -> np.ndarray:
+        """The 16 kHz recording of what has been played since the last call (zeros if it ran short)."""
+        due = reply.played * SAMPLE_RATE // self.sample_rate
+        count = due - reply.recorded_out
+        reply.recorded_out = due
+        parts: list[np.ndarray] = [np.zeros(0, dtype=np.int16)]
+        while count > 0 and reply.recorded:
+            head = reply.recorded[0]
+            parts.append(head[:count])
+            if head.size > count:
+                reply.recorded[0] = head[count:]
+            else:
+                reply.recorded.popleft()
+            count -= parts[-1].size
+        if count > 0:
+            parts.append(np.zeros(count, dtype=np.int16))
+        return np.concatenate(parts)
+
     @staticmethod
     def _advance_segments(reply: _Reply, count: int) -> None:
         while count and reply.segments:
@@ -343,7 +371,7 @@ class OutboundAudioTrack(MediaStreamTrack):
                 if self.on_first_frame:
                     self.on_first_frame(reply.reply_id, sent_at)
             if self._record:
-                self._record(self._to_16k.process(samples), sent_at)
+                self._record(self._recorded_part(reply), sent_at)
             if reply.closed and reply.buffered == 0:
                 self._complete(interrupted=False)
         packet = Packet(await self._payload(samples, voiced))

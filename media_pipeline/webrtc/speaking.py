@@ -29,6 +29,7 @@ from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.tts.text import SentenceBuffer
 from media_pipeline.webrtc.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.webrtc.peer import Negotiated
+from roleplay.audio_format import SAMPLE_RATE
 from roleplay.models import Utterance
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,17 @@ class Spoken:
 
 
 def synthesize(engines: Engines, text: str, rate: int, voice: str, language: str, speed: float, pitch: float) -> Any:
-    """One sentence -> int16 at the codec rate (runs on the TTS executor thread)."""
+    """One sentence -> int16 at the codec rate, the same at 16 kHz for the recording, and the time it
+    took (runs on the TTS executor thread, so neither resample runs on the event loop)."""
     started = time.perf_counter()
     chunks = list(engines.tts.synthesize(text, voice=voice, language=language, speed=speed, pitch=pitch))
     if not chunks:
-        return np.zeros(0, dtype=np.int16), time.perf_counter() - started
+        empty = np.zeros(0, dtype=np.int16)
+        return empty, empty, time.perf_counter() - started
     pcm = np.concatenate(chunks)
     audio = float32_to_pcm16(resample(pcm, engines.tts.sample_rate, rate))
-    return audio, time.perf_counter() - started
+    recorded = audio if rate == SAMPLE_RATE else float32_to_pcm16(resample(pcm, engines.tts.sample_rate, SAMPLE_RATE))
+    return audio, recorded, time.perf_counter() - started
 
 
 async def text_once(text: str) -> AsyncIterator[str]:
@@ -211,7 +215,7 @@ class Speaker:
             return
         engines = self.host.engines
         try:
-            audio, took = await engines.tts_pool.run(
+            audio, recorded, took = await engines.tts_pool.run(
                 synthesize, engines, sentence, track.sample_rate, voice, language, speed, pitch
             )
         except asyncio.CancelledError:
@@ -228,7 +232,7 @@ class Speaker:
             return
         if not first_audio:
             first_audio.append(took * 1000)
-        track.push(audio, text=sentence)
+        track.push(audio, text=sentence, recorded=recorded)
 
 
 __all__ = ["Speaker", "SpeakerHost", "Spoken", "playback_facts", "synthesize", "text_once"]

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from media_pipeline.audio import float32_to_pcm16, resample
 from media_pipeline.executor import BoundedExecutor
-from media_pipeline.webrtc.outbound import PlayResult
+from media_pipeline.webrtc.outbound import OutboundAudioTrack, PlayResult
 from media_pipeline.webrtc.speaking import Speaker, playback_facts, text_once
 
 RATE = 8000
@@ -35,7 +36,7 @@ class InstantTrack:
         self._done = asyncio.get_running_loop().create_future()
         return self._done
 
-    def push(self, audio: np.ndarray, *, text: str = "") -> None:
+    def push(self, audio: np.ndarray, *, text: str = "", recorded: np.ndarray | None = None) -> None:
         self.samples += audio.size
         self.texts.append(text)
 
@@ -167,3 +168,36 @@ async def test_without_a_connection_it_says_so_and_plays_nothing():
     host = Host(RecordingTTS(), connected=False)
     assert await Speaker(host).speak("resp_5", text_once("Hello.")) is None
     assert host.kinds() == ["error"] and host.events[0][1]["details"] == {"request_id": "resp_5"}
+
+
+async def test_the_call_recording_gets_the_16_khz_audio_of_what_was_played_and_nothing_after_a_barge_in():
+    """The real track: the recording takes the reply's 16 kHz copy frame by frame as frames go out
+    (no resampling of each 20 ms frame on the loop), and nothing that a barge-in dropped."""
+    recorded: list[np.ndarray] = []
+    track = OutboundAudioTrack(48000, record=lambda samples, _at: recorded.append(samples.copy()))
+    second = np.arange(16000)
+    tone16 = (np.sin(second * 2 * np.pi * 440 / 16000) * 8000).astype(np.int16)
+    tone48 = float32_to_pcm16(resample(tone16, 16000, 48000))
+    try:
+        track.begin("r1")
+        track.push(tone48, text="one", recorded=tone16)
+        for _ in range(10):
+            await track.recv()
+        assert np.array_equal(np.concatenate(recorded), tone16[:3200])  # 10 frames of 320 samples
+        track.flush()
+        for _ in range(3):
+            await track.recv()
+        assert sum(part.size for part in recorded) == 3200
+
+        recorded.clear()
+        done = track.begin("r2")
+        track.push(tone48, text="two")  # no 16 kHz copy given: the track makes one, once
+        track.close_reply()
+        for _ in range(52):
+            await track.recv()
+        assert done.done() and not done.result().interrupted
+        whole = np.concatenate(recorded).astype(np.float64)
+        assert whole.size == 16000
+        assert np.corrcoef(whole[400:-400], tone16[400:-400])[0, 1] > 0.99
+    finally:
+        track.stop()
