@@ -118,6 +118,29 @@ def test_it_archives_every_artefact_when_a_session_ends(recorded, django_capture
     assert body["analytics"]["total_score"] == 100.0
 
 
+def test_the_archived_copy_keeps_each_side_on_its_own_channel_in_time_and_in_words(tmp_path):
+    """The compact copy (SILK at the recording's 16 kHz) must not leak one side into the other, shift
+    the timeline, or lose the words: it is what a reviewer plays once the raw WAV is gone."""
+    from roleplay.after_call.recording import encode_opus
+
+    said = speak("We could schedule a demo with your finance team next Tuesday.")
+    stereo = np.zeros((len(said) + 16000, 2), dtype=np.int16)
+    stereo[8000:8000 + len(said), 0] = (said * 32767).astype(np.int16)  # the trainee talks, the buyer is silent
+    path = tmp_path / "call.webm"
+    encode_opus(stereo, str(path), bitrate=32000)
+
+    back = load_stereo(str(path)).astype(np.float64)
+    assert abs(len(back) - len(stereo)) <= 320
+    trainee_rms, buyer_rms = np.sqrt((back ** 2).mean(axis=0))
+    assert trainee_rms > 300 and buyer_rms < trainee_rms / 300  # ~-56 dB here (as with the old 48 kHz encode)
+    original = stereo[:, 0].astype(np.float64)
+    window = slice(8000, 8000 + 16000)
+    lags = np.correlate(back[window, 0], original[window], "full")
+    assert abs(int(np.argmax(lags)) - (16000 - 1)) <= 16  # within 1 ms of the original's timeline
+    text = retranscribe(back.astype(np.int16), RetranscribeOptions(cpu_threads=1))["text"]["trainee"].lower()
+    assert "schedule a demo" in text and "tuesday" in text, text
+
+
 def test_it_writes_one_result_when_run_twice(recorded, django_capture_on_commit_callbacks, charlie):
     session = end(recorded, django_capture_on_commit_callbacks)
     first = archive_listing(session.pk)
