@@ -14,7 +14,10 @@ silence, which is most of a call: the buyer listens more than it speaks. Given a
 it only wraps the payload in RTP. So silence goes out as one payload encoded once per process
 (no encoder, no thread), and only reply audio (plus ``TAIL_FRAMES`` of zeros after it, so the
 encoder's look-ahead drains and its state ends in silence, as the listener's decoder does) is
-encoded, off the loop, by this track's own encoder.
+encoded, off the loop, by this track's own encoder, ``AHEAD_FRAMES`` frames per trip to a thread.
+The call recording takes the reply's 16 kHz copy as its frames go out, so nothing is resampled
+per frame either: the loop's cost of a reply frame fell from ~440 to ~160 µs (four tracks, this
+machine; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from roleplay.audio_format import SAMPLE_RATE
 FRAME_MS = 20
 REPACE_AFTER_S = 0.1
 TAIL_FRAMES = 3  # zero frames still encoded after reply audio: drains Opus' 6.5 ms look-ahead
+AHEAD_FRAMES = 10  # reply frames encoded per trip to a thread (200 ms): one hop instead of ten
 OPUS_BIT_RATE = 48_000  # mono speech; aiortc's own encoder sends 96 kbit/s stereo of a mono voice
 
 # Process-wide outbound pacing record (all calls), read by the worker's stats and the benches.
@@ -81,6 +85,10 @@ class FrameEncoder:
         self._pts += self.frame_samples
         packets = self.codec.encode(frame)
         return b"".join(bytes(p) for p in packets)
+
+    def encode_many(self, frames: list[np.ndarray]) -> list[bytes]:
+        """Consecutive frames in one call (blocking): one thread hop for all of them."""
+        return [self.encode(samples) for samples in frames]
 
 
 def grid_after(now: float) -> float:
@@ -177,6 +185,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._encoder: FrameEncoder | None = None
         self._silent_payload = b""
         self._tail = 0  # zero frames still to encode after reply audio
+        self._ahead: collections.deque[bytes] = collections.deque()  # payloads of the reply's next frames
+        self._ahead_generation = 0  # bumped whenever queued reply audio is dropped or replaced
 
     def configure(self, sample_rate: int) -> None:
         """Set the codec's rate once negotiation has picked it (before the first ``recv``)."""
@@ -201,6 +211,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         """Start a reply; the returned future resolves to a :class:`PlayResult` when it ends."""
         if self._reply is not None:
             self.flush()
+        self._drop_ahead()
         done = asyncio.get_running_loop().create_future()
         self._reply = _Reply(reply_id=reply_id, done=done)
         return done
@@ -246,6 +257,8 @@ class OutboundAudioTrack(MediaStreamTrack):
         reply = self._reply
         assert reply is not None
         self._reply = None
+        if interrupted:
+            self._drop_ahead()  # (a reply that played out has used every frame encoded ahead)
         spoken = [s.text for s in reply.finished if s.text]
         if interrupted and reply.segments:
             current = reply.segments[0]
@@ -265,6 +278,10 @@ class OutboundAudioTrack(MediaStreamTrack):
         if not reply.done.done():
             reply.done.set_result(result)
         return result
+
+    def _drop_ahead(self) -> None:
+        self._ahead.clear()
+        self._ahead_generation += 1
 
     # --- consumer side (aiortc's sender) ----------------------------------------------------------
     def _next_samples(self) -> tuple[np.ndarray, bool]:
@@ -326,20 +343,56 @@ class OutboundAudioTrack(MediaStreamTrack):
             if seg.played >= seg.total:
                 reply.finished.append(reply.segments.popleft())
 
+    def _frames_ahead(self, reply: _Reply, count: int) -> list[np.ndarray]:
+        """Up to ``count`` next frames of queued reply audio, not consumed: whole frames only, but
+        the closing partial frame of a finished reply zero-padded exactly as ``_next_samples`` pads it."""
+        want = count * self.frame_samples
+        parts: list[np.ndarray] = []
+        for chunk in reply.buffer:
+            if want <= 0:
+                break
+            parts.append(chunk[:want])
+            want -= parts[-1].size
+        if not parts:
+            return []
+        queued = np.concatenate(parts)
+        whole, rest = divmod(queued.size, self.frame_samples)
+        frames = [queued[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(whole)]
+        if rest and reply.closed and queued.size == reply.buffered:
+            frames.append(np.concatenate([queued[whole * self.frame_samples:],
+                                          np.zeros(self.frame_samples - rest, dtype=np.int16)]))
+        return frames
+
     async def _payload(self, samples: np.ndarray, voiced: bool) -> bytes:
-        """The frame's encoded payload: the shared silence, or this track's encoder off the loop."""
+        """The frame's encoded payload: the shared silence, or this track's encoder off the loop.
+
+        Reply frames are encoded ``AHEAD_FRAMES`` at a time: the frame due now and the queued ones
+        after it, in one trip to a thread, so the next nine come from ``_ahead`` with no hop. A
+        barge-in or a new reply drops what was encoded ahead (``_drop_ahead``); the encoder has then
+        run past frames never sent, which its listener hears as a lost packet at a cut anyway.
+        """
         loop = asyncio.get_running_loop()
         if self._encoder is None or self._encoder.sample_rate != self.sample_rate:
             rate = self.sample_rate
             self._silent_payload = await loop.run_in_executor(None, silence_payload, rate)
             self._encoder = FrameEncoder(rate)
+            self._drop_ahead()
         if voiced:
             self._tail = TAIL_FRAMES
-        elif self._tail:
+            if self._ahead:
+                return self._ahead.popleft()
+            frames = [samples]
+            if self._reply is not None:
+                frames += self._frames_ahead(self._reply, AHEAD_FRAMES - 1)
+            generation = self._ahead_generation
+            payloads = await loop.run_in_executor(None, self._encoder.encode_many, frames)
+            if generation == self._ahead_generation:
+                self._ahead.extend(payloads[1:])
+            return payloads[0]
+        if self._tail:
             self._tail -= 1
-        else:
-            return self._silent_payload
-        return await loop.run_in_executor(None, self._encoder.encode, samples)
+            return await loop.run_in_executor(None, self._encoder.encode, samples)
+        return self._silent_payload
 
     async def recv(self) -> Packet:
         if self.readyState != "live":

@@ -201,3 +201,70 @@ async def test_the_call_recording_gets_the_16_khz_audio_of_what_was_played_and_n
         assert np.corrcoef(whole[400:-400], tone16[400:-400])[0, 1] > 0.99
     finally:
         track.stop()
+
+
+async def test_reply_frames_encoded_ahead_are_the_frames_a_frame_by_frame_encoder_makes_and_a_barge_in_drops_them():
+    """Reply audio is Opus-encoded ten frames per trip to a thread. What goes out must be exactly
+    what encoding each frame in turn makes (the last partial frame padded, then the tail of silence
+    that drains the encoder), and a barge-in must not let an already-encoded frame out."""
+    from media_pipeline.webrtc.outbound import AHEAD_FRAMES, TAIL_FRAMES, FrameEncoder, silence_payload
+
+    track = OutboundAudioTrack(48000)
+    frame = track.frame_samples
+    tone = (np.sin(np.arange(frame * 23 + 500) * 2 * np.pi * 220 / 48000) * 8000).astype(np.int16)
+    try:
+        await track.recv()  # the track starts in silence
+        done = track.begin("r1")
+        track.push(tone[: frame * 7 + 100], text="one")
+        track.push(tone[frame * 7 + 100:], text="two")
+        track.close_reply()
+        sent = [bytes(await track.recv()) for _ in range(24 + TAIL_FRAMES + 1)]
+        assert done.done() and not done.result().interrupted
+
+        reference = FrameEncoder(48000)
+        padded = np.concatenate([tone, np.zeros(24 * frame - tone.size, dtype=np.int16)])
+        frames = [padded[i * frame:(i + 1) * frame] for i in range(24)]
+        frames += [np.zeros(frame, dtype=np.int16)] * TAIL_FRAMES
+        assert sent[:-1] == [reference.encode(f) for f in frames]
+        assert sent[-1] == silence_payload(48000)
+
+        track.begin("r2")
+        track.push(tone, text="three")
+        await track.recv()  # encodes this frame and the next AHEAD_FRAMES - 1
+        assert len(track._ahead) == AHEAD_FRAMES - 1
+        encoded_ahead = set(track._ahead)
+        track.flush()  # barge-in
+        after = [bytes(await track.recv()) for _ in range(TAIL_FRAMES + 1)]
+        assert not encoded_ahead & set(after)
+        assert after[-1] == silence_payload(48000)
+    finally:
+        track.stop()
+
+
+async def test_a_barge_in_while_frames_are_being_encoded_ahead_keeps_none_of_them():
+    import threading
+
+    track = OutboundAudioTrack(48000)
+    tone = (np.sin(np.arange(48000) * 2 * np.pi * 220 / 48000) * 8000).astype(np.int16)
+    try:
+        await track.recv()
+        encoder = track._encoder
+        entered, release = threading.Event(), threading.Event()
+        encode_many = encoder.encode_many
+
+        def slow_encode_many(frames):
+            entered.set()
+            release.wait(10)
+            return encode_many(frames)
+
+        encoder.encode_many = slow_encode_many
+        track.begin("r1")
+        track.push(tone, text="one")
+        sending = asyncio.ensure_future(track.recv())
+        assert await asyncio.to_thread(entered.wait, 10)
+        track.flush()  # the trainee barges in while the thread encodes
+        release.set()
+        await sending
+        assert not track._ahead
+    finally:
+        track.stop()
