@@ -69,6 +69,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lingecho.settings")
 
 from _voice import PHRASES, pct  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -228,6 +230,7 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
             out["unheard"] += part.get("unheard", 0)
             out["admitted"] += part["admitted"]
         sampler.cancel()
+        engine_work = None if scaled else await asyncio.to_thread(engine_work_of, stack.port)
     finally:
         await asyncio.to_thread(stack.stop)
     admitted = max(1, out["admitted"])
@@ -256,7 +259,25 @@ async def one_n(calls: int, args: argparse.Namespace, server_env: dict[str, str]
                       for name, pid in pids.items()},
         "machine_busy_pct": (box1 - box0) / (t1 - t0) * 100,  # all cores, callers and other work included
         "seconds": t1 - t0,
+        "engine_work": engine_work,
     }
+
+
+def engine_work_of(port: int) -> dict[str, Any]:
+    """The embedded server's own count of engine jobs by kind (jobs, seconds on a thread) and of the
+    interims it skipped, from its /metrics: where a call's CPU goes, stage by stage."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    work: dict[str, Any] = {"jobs": {}, "seconds": {}, "interims_skipped": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            kind = sample.labels.get("kind")
+            if sample.name == "lingecho_engine_task_seconds_count" and kind:
+                work["jobs"][kind] = sample.value
+            elif sample.name == "lingecho_engine_task_seconds_sum" and kind:
+                work["seconds"][kind] = sample.value
+            elif sample.name == "lingecho_interims_skipped_total":
+                work["interims_skipped"] = sample.value
+    return work
 
 
 async def client_process(stack: Any, scenario: int, args: argparse.Namespace, count: int, *, seed: int) -> dict:
@@ -332,6 +353,14 @@ async def run(args: argparse.Namespace) -> None:
                   "; ".join(f"{name} {p['cpu_pct']:.0f} %, {p['rss_peak_mb']:.0f} MB"
                             + (f", {p['peak_calls']} calls" if "peak_calls" in p else "")
                             for name, p in row["processes"].items()), flush=True)
+        work = row["engine_work"]
+        if work and row["turns"]:
+            turns = row["turns"]
+            seconds = work["seconds"]
+            per_turn = ", ".join(f"{kind} {jobs / turns:.1f} jobs / {seconds.get(kind, 0) * 1000 / turns:.0f} ms"
+                                 for kind, jobs in sorted(work["jobs"].items()))
+            print(f"  engine work per answered turn (whole run, from /metrics): {per_turn}; "
+                  f"interims skipped {work['interims_skipped'] / turns:.1f}", flush=True)
         for err in row["errors"]:
             print("  error:", err)
         if row["refusal"]:
