@@ -96,7 +96,7 @@ async def run(turns: int, codec: str, engines: str = "offline") -> None:
     server = await sync_to_async(turn_latencies)(sessions)
     parts = await sync_to_async(lambda: list(
         Utterance.objects.filter(session_id__in=sessions, speaker="trainee").values(
-            "endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tts_first_audio_ms")
+            "endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tts_first_audio_ms", "text", "turn_end")
     ))()
     await worker.stop()
     for fake in servers:
@@ -111,6 +111,9 @@ async def run(turns: int, codec: str, engines: str = "offline") -> None:
     for key in ("endpointing_ms", "asr_final_ms", "brain_first_token_ms", "tts_first_audio_ms"):
         print(line(f"  {key}", [p[key] for p in parts if p[key] is not None]))
     print(line("client e2e (incl. both jitter buffers)", client_e2e))
+    for p in parts:
+        if p["turn_end"].get("decision") not in (None, "complete"):
+            print(f"  turn not ended at an ask: {p['text']!r}: {p['turn_end']}")
     print(line("offer -> answer", offer_answer))
 
 
