@@ -371,6 +371,9 @@ INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
 # Interim decodes per second for the whole process (all calls share it; finals are never counted):
 # one call keeps its INTERIM_INTERVAL_MS interims, many calls get fewer each. 0 = no budget.
 INTERIM_BUDGET_PER_SECOND = envfloat("INTERIM_BUDGET_PER_SECOND", 2.0, minimum=0.0)
+# ...and, after a turn's first, only while this many of the machine's cores were idle lately
+# (media_pipeline/spare_cpu.py: /proc/stat over ~1 s). 0 = no such gate.
+INTERIM_MIN_IDLE_CORES = envfloat("INTERIM_MIN_IDLE_CORES", 0.75, minimum=0.0)
 # faster-whisper: decode utterances shorter than this on a mel window of this length instead of
 # Whisper's fixed 30 s (tiny.en: ~100 ms instead of ~350 ms per turn, same words); 30 = stock.
 ASR_WINDOW_SECONDS = envfloat("ASR_WINDOW_SECONDS", 10.0, minimum=2.0)

@@ -38,6 +38,7 @@ from media_pipeline.engine_pool import Engines
 from media_pipeline.engines.vad.base import VADEvent
 from media_pipeline.executor import EngineBusy, RateBudget
 from media_pipeline.listening import Heard, Listening, heard
+from media_pipeline.spare_cpu import spare_cpu
 from media_pipeline.turns import TurnDecision
 from media_pipeline.vad_batch import vad_batcher
 from roleplay.audio_format import SAMPLE_RATE as RATE
@@ -367,9 +368,11 @@ class InboundAudio:
             return  # never two interims at once for a call
         if self._final is not None:
             return  # a pause has begun: the speculative final decode is the next partial result
-        if self._interims_started and not (self.engines.asr_idle() and interim_budget().try_take()):
-            # Finals first: after the first, interims only on idle ASR threads and within the process's
-            # budget. Skipped, not retried every batch: the next try is one interval later.
+        if self._interims_started and not (self.engines.asr_idle() and spare_cpu().spare()
+                                           and interim_budget().try_take()):
+            # Finals first: after the first, interims only on idle ASR threads, on a machine with
+            # idle cores (media_pipeline.spare_cpu), and within the process's budget. Skipped, not
+            # retried every batch: the next try is one interval later.
             self._last_interim_at = pos
             metrics.INTERIMS_SKIPPED_TOTAL.inc()
             return

@@ -255,3 +255,58 @@ def test_interims_wait_while_any_asr_decode_runs_even_with_a_free_thread():
         gate.set()
         job.result(timeout=30)
         assert engines.asr_idle()
+
+
+def test_spare_cpu_counts_the_idle_cores_of_the_recent_past():
+    """The interim gate's gauge, on a scripted /proc/stat: busy and idle jiffies over ~1 s."""
+    from media_pipeline.spare_cpu import SpareCPU
+
+    clock = [0.0]
+    busy = [0.0]
+    total = [0.0]
+
+    def reader() -> tuple[float, float, int]:
+        return busy[0], total[0], 2
+
+    gauge = SpareCPU(0.75, reader=reader, clock=lambda: clock[0])
+    assert gauge.idle_cores() is None and gauge.spare()  # one reading tells nothing yet: no gate
+    for _ in range(4):  # 1.5 of 2 cores busy
+        clock[0] += 0.3
+        busy[0] += 0.3 * 150
+        total[0] += 0.3 * 200
+    assert gauge.idle_cores() == pytest.approx(0.5) and not gauge.spare()
+    for _ in range(8):  # then nearly idle: the busy past leaves the window
+        clock[0] += 0.3
+        busy[0] += 0.3 * 20
+        total[0] += 0.3 * 200
+        gauge.spare()
+    assert gauge.idle_cores() == pytest.approx(1.8) and gauge.spare()
+    assert SpareCPU(0, reader=reader).spare()  # INTERIM_MIN_IDLE_CORES=0: no gate
+    assert SpareCPU(0.75, reader=lambda: None).spare()  # no /proc/stat: as before, always spare
+
+
+def test_spare_cpu_sees_this_machine_busy():
+    """The real /proc/stat: with every core spinning, fewer than 0.75 cores are idle."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from media_pipeline.spare_cpu import PROC_STAT, SpareCPU
+
+    if not PROC_STAT.exists():
+        pytest.skip("no /proc/stat on this system: the gate always says spare there")
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        gauge = SpareCPU(0.75)
+        time.sleep(0.3)
+        gauge.idle_cores()
+        for _ in range(5):
+            time.sleep(0.3)
+            idle = gauge.idle_cores()
+        assert idle is not None and idle < 0.75 and not gauge.spare()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
