@@ -12,6 +12,8 @@ The reading is the whole machine's (``/proc/stat``): a process beside the server
 cores counts as much as our own work. It is sampled at most every ``SAMPLE_S`` and judged over the
 last ``WINDOW_S`` or so, so a burst is seen within half a second and a single busy instant does not
 decide. Where ``/proc/stat`` does not exist (not Linux) the host always counts as spare, as before.
+In a container ``/proc/stat`` is the host's: a CPU quota is not seen, so on a large idle host the
+gate lets interims through as the ASR-pool gate alone did.
 """
 
 from __future__ import annotations
