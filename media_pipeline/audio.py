@@ -46,6 +46,12 @@ def as_float32(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
+def as_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Accept int16 or float audio and return int16, converting (and clipping) only floats."""
+    samples = np.asarray(samples)
+    return samples if samples.dtype == np.int16 else float32_to_pcm16(samples)
+
+
 def downmix(samples: np.ndarray, channels: int | None = None) -> np.ndarray:
     """Average channels into mono.
 
@@ -195,7 +201,7 @@ def wav_bytes(samples: np.ndarray, rate: int, channels: int = 1) -> bytes:
     if samples.ndim == 2:
         channels = samples.shape[0]
         samples = samples.T.reshape(-1)
-    pcm = samples if samples.dtype == np.int16 else float32_to_pcm16(samples)
+    pcm = as_pcm16(samples)
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(channels)

@@ -36,7 +36,7 @@ from av import AudioFrame, CodecContext
 from av.packet import Packet
 
 from media_pipeline import metrics
-from media_pipeline.audio import float32_to_pcm16, resample
+from media_pipeline.audio import as_pcm16, float32_to_pcm16, resample
 from roleplay.audio_format import SAMPLE_RATE
 
 FRAME_MS = 20
@@ -89,6 +89,24 @@ class FrameEncoder:
     def encode_many(self, frames: list[np.ndarray]) -> list[bytes]:
         """Consecutive frames in one call (blocking): one thread hop for all of them."""
         return [self.encode(samples) for samples in frames]
+
+
+def take_samples(queue: collections.deque, count: int) -> tuple[np.ndarray, int]:
+    """The first ``count`` samples of a queue of int16 arrays, removed from it, zero-padded to
+    ``count`` if the queue runs short; and how many were real samples."""
+    parts: list[np.ndarray] = []
+    need = max(count, 0)
+    while need and queue:
+        head = queue[0]
+        parts.append(head[:need])
+        need -= parts[-1].size
+        if parts[-1].size == head.size:
+            queue.popleft()
+        else:
+            queue[0] = head[parts[-1].size:]
+    if need or not parts:
+        parts.append(np.zeros(need, dtype=np.int16))
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]), max(count, 0) - need
 
 
 def grid_after(now: float) -> float:
@@ -210,8 +228,7 @@ class OutboundAudioTrack(MediaStreamTrack):
     def begin(self, reply_id: str) -> asyncio.Future:
         """Start a reply; the returned future resolves to a :class:`PlayResult` when it ends."""
         if self._reply is not None:
-            self.flush()
-        self._drop_ahead()
+            self.flush()  # (drops what was encoded ahead; a reply that played out left nothing ahead)
         done = asyncio.get_running_loop().create_future()
         self._reply = _Reply(reply_id=reply_id, done=done)
         return done
@@ -227,7 +244,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         reply = self._reply
         if reply is None or reply.closed:
             return
-        pcm = samples if samples.dtype == np.int16 else float32_to_pcm16(samples)
+        pcm = as_pcm16(samples)
         if pcm.size == 0:
             return
         reply.buffer.append(pcm)
@@ -236,7 +253,7 @@ class OutboundAudioTrack(MediaStreamTrack):
         if self._record is not None:
             if recorded is None:
                 recorded = float32_to_pcm16(resample(pcm, self.sample_rate, SAMPLE_RATE))
-            reply.recorded.append(recorded if recorded.dtype == np.int16 else float32_to_pcm16(recorded))
+            reply.recorded.append(as_pcm16(recorded))
 
     def close_reply(self) -> None:
         """No more audio for this reply: it completes once the queue has played out."""
@@ -296,42 +313,17 @@ class OutboundAudioTrack(MediaStreamTrack):
                 self.underruns += 1
                 metrics.OUTBOUND_UNDERRUNS_TOTAL.inc()
             return self._silence, False
-        need = self.frame_samples
-        parts: list[np.ndarray] = []
-        while need and reply.buffer:
-            head = reply.buffer[0]
-            take = head[:need]
-            parts.append(take)
-            need -= take.size
-            if take.size == head.size:
-                reply.buffer.popleft()
-            else:
-                reply.buffer[0] = head[take.size:]
-        got = self.frame_samples - need
+        samples, got = take_samples(reply.buffer, self.frame_samples)
         reply.buffered -= got
         reply.played += got
         self._advance_segments(reply, got)
-        if need:
-            parts.append(np.zeros(need, dtype=np.int16))
-        return np.concatenate(parts) if len(parts) > 1 else parts[0], True
+        return samples, True
 
     def _recorded_part(self, reply: _Reply) -> np.ndarray:
         """The 16 kHz recording of what has been played since the last call (zeros if it ran short)."""
         due = reply.played * SAMPLE_RATE // self.sample_rate
-        count = due - reply.recorded_out
-        reply.recorded_out = due
-        parts: list[np.ndarray] = [np.zeros(0, dtype=np.int16)]
-        while count > 0 and reply.recorded:
-            head = reply.recorded[0]
-            parts.append(head[:count])
-            if head.size > count:
-                reply.recorded[0] = head[count:]
-            else:
-                reply.recorded.popleft()
-            count -= parts[-1].size
-        if count > 0:
-            parts.append(np.zeros(count, dtype=np.int16))
-        return np.concatenate(parts)
+        count, reply.recorded_out = due - reply.recorded_out, due
+        return take_samples(reply.recorded, count)[0]
 
     @staticmethod
     def _advance_segments(reply: _Reply, count: int) -> None:
