@@ -338,22 +338,12 @@ class OutboundAudioTrack(MediaStreamTrack):
     def _frames_ahead(self, reply: _Reply, count: int) -> list[np.ndarray]:
         """Up to ``count`` next frames of queued reply audio, not consumed: whole frames only, but
         the closing partial frame of a finished reply zero-padded exactly as ``_next_samples`` pads it."""
-        want = count * self.frame_samples
-        parts: list[np.ndarray] = []
-        for chunk in reply.buffer:
-            if want <= 0:
-                break
-            parts.append(chunk[:want])
-            want -= parts[-1].size
-        if not parts:
-            return []
-        queued = np.concatenate(parts)
-        whole, rest = divmod(queued.size, self.frame_samples)
-        frames = [queued[i * self.frame_samples:(i + 1) * self.frame_samples] for i in range(whole)]
-        if rest and reply.closed and queued.size == reply.buffered:
-            frames.append(np.concatenate([queued[whole * self.frame_samples:],
-                                          np.zeros(self.frame_samples - rest, dtype=np.int16)]))
-        return frames
+        fs = self.frame_samples
+        queued, got = take_samples(collections.deque(reply.buffer), count * fs)  # a copy: a peek
+        whole, rest = divmod(got, fs)
+        if rest and reply.closed and got == reply.buffered:
+            whole += 1
+        return [queued[i * fs:(i + 1) * fs] for i in range(whole)]
 
     async def _payload(self, samples: np.ndarray, voiced: bool) -> bytes:
         """The frame's encoded payload: the shared silence, or this track's encoder off the loop.
