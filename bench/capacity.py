@@ -110,7 +110,7 @@ async def caller(stack: Any, scenario: int, args: argparse.Namespace, rng: rando
     codec, reply_timeout = args.codec, args.reply_timeout
     await asyncio.sleep(rng.uniform(0, args.ramp))
     peer = await WsPeer(stack, scenario).start()
-    client = VoiceClient(codec)
+    client = VoiceClient(codec, dtx=not args.no_dtx)
     try:
         try:
             await ws_connect_media(peer, client)
@@ -286,6 +286,7 @@ async def client_process(stack: Any, scenario: int, args: argparse.Namespace, co
                                                                "scenario": scenario, "count": count, "seed": seed}),
             "--turns", str(args.turns), "--codec", args.codec, "--ramp", str(args.ramp),
             "--listen", str(args.listen), "--reply-timeout", str(args.reply_timeout)]
+    argv += ["--no-dtx"] if args.no_dtx else []
     proc = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     stdout, _ = await proc.communicate()
     lines = stdout.decode().strip().splitlines()
@@ -334,7 +335,8 @@ async def run(args: argparse.Namespace) -> None:
     topology = (f"{args.media_workers} runworker media processes on {args.redis_url}" if args.media_workers
                 else "embedded media worker")
     print(f"capacity bench: {topology}, end-of-turn detector {detector} ({rule}), "
-          f"codec {args.codec}, {args.turns} turns per caller, server env {server_env}, "
+          f"codec {args.codec}{'' if args.no_dtx else ' (DTX asked, as the page does)'}, "
+          f"{args.turns} turns per caller, server env {server_env}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("| calls | let in / refused | turns | turn p50 / p95 (ms) | unanswered | server CPU total / per call "
           "(% of one core) | CPU per answered turn (ms) | RSS peak / per call (MB) |")
@@ -375,6 +377,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--codec", choices=("opus", "pcma"), default="opus")
     parser.add_argument("--ramp", type=float, default=3.0)
+    parser.add_argument("--no-dtx", action="store_true", help="callers do not ask for Opus DTX (the page does)")
     parser.add_argument("--listen", type=float, default=0.0)
     parser.add_argument("--reply-timeout", type=float, default=20.0)
     parser.add_argument("--detector", choices=("silence", "smart", "auto"), default="silence")

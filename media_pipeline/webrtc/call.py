@@ -232,7 +232,7 @@ class CallSession:
             await self._close_peer()
             await self.error(ErrorCode.WEBRTC_FAILED, str(exc), {"error_type": "negotiation"})
             return
-        self.outbound.configure(self.negotiated.sample_rate)
+        self.outbound.configure(self.negotiated.sample_rate, dtx=self.negotiated.dtx)
         self.offer_answer_ms = (time.perf_counter() - started) * 1000
         # Candidate lines, as the protocol defines answer.candidates (they are in the SDP as well).
         await self.emit("answer", {"sdp": self.negotiated.sdp,

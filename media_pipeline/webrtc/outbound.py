@@ -2,11 +2,17 @@
 
 aiortc's sender calls ``recv()`` in a loop and sends whatever it returns at once, so the track
 itself is the clock. Frames are due at ``start + n * 20 ms`` (monotonic); silence goes out when
-no reply audio is queued so the track never starves (a starving track makes the client's jitter
-buffer stall). If the event loop stalls for longer than ``REPACE_AFTER_S`` the schedule is
-re-anchored instead of bursting the backlog out. A flush (barge-in) drops the queued audio
-between two frames: the RTP timestamps keep counting up, so the client hears silence from the
-next frame on, within 20 ms plus its jitter buffer.
+no reply audio is queued. For a client that asked for Opus DTX (``usedtx=1``, as the practice
+page does), after ``DTX_AFTER_FRAMES`` of it the track sends only a DTX packet every
+``DTX_EVERY_FRAMES`` (as libopus and browsers do it): a listening call then sends ~2.5 packets a
+second instead of 50, which the client need not receive and decode. The 200 ms of silence sent
+first after a reply also push its last frames out of a receiver's jitter buffer (aiortc's holds
+four frames back until later ones arrive), and every 20 ms tick is still checked, so a reply
+starts on time. If the
+event loop stalls for longer than ``REPACE_AFTER_S`` the schedule is re-anchored instead of
+bursting the backlog out. A flush (barge-in) drops the queued audio between two frames: the RTP
+timestamps keep counting up, so the client hears silence from the next frame on, within 20 ms
+plus its jitter buffer.
 
 The track hands aiortc encoded packets, not raw frames. Given a raw frame, aiortc's sender
 Opus-encodes it on a thread pool (a thread hop per 20 ms frame per call) even when it is
@@ -43,6 +49,9 @@ FRAME_MS = 20
 REPACE_AFTER_S = 0.1
 TAIL_FRAMES = 3  # zero frames still encoded after reply audio: drains Opus' 6.5 ms look-ahead
 AHEAD_FRAMES = 10  # reply frames encoded per trip to a thread (200 ms): one hop instead of ten
+# Opus DTX, as libopus does it: after 200 ms of silence only a TOC-only packet every 400 ms.
+DTX_AFTER_FRAMES = 10
+DTX_EVERY_FRAMES = 20
 OPUS_BIT_RATE = 48_000  # mono speech; aiortc's own encoder sends 96 kbit/s stereo of a mono voice
 
 # Process-wide outbound pacing record (all calls), read by the worker's stats and the benches.
@@ -135,6 +144,15 @@ def silence_payload(sample_rate: int) -> bytes:
     return _SILENCE[sample_rate]
 
 
+def dtx_payload(sample_rate: int) -> bytes:
+    """The silence payload's TOC byte alone (code 0: one frame of no bytes), RFC 6716's DTX frame.
+
+    A decoder plays it as 20 ms of silence (libopus conceals the empty frame), and a WebRTC
+    receiver takes a payload of at most two bytes as DTX, comfort noise rather than a lost packet.
+    """
+    return bytes([silence_payload(sample_rate)[0] & 0xFC])
+
+
 @dataclass
 class Segment:
     """A piece of reply audio (one sentence) with its text, to know what was actually played."""
@@ -205,9 +223,14 @@ class OutboundAudioTrack(MediaStreamTrack):
         self._tail = 0  # zero frames still to encode after reply audio
         self._ahead: collections.deque[bytes] = collections.deque()  # payloads of the reply's next frames
         self._ahead_generation = 0  # bumped whenever queued reply audio is dropped or replaced
+        self.dtx = False  # Opus DTX, when the client asked for it (``configure``)
+        self._quiet = 0  # silent frames in a row (DTX starts after DTX_AFTER_FRAMES)
+        self._unsent = 0  # frames not sent (DTX) since the last packet
 
-    def configure(self, sample_rate: int) -> None:
-        """Set the codec's rate once negotiation has picked it (before the first ``recv``)."""
+    def configure(self, sample_rate: int, *, dtx: bool = False) -> None:
+        """Set the codec's rate once negotiation has picked it (before the first ``recv``), and
+        whether the client asked for Opus DTX."""
+        self.dtx = dtx and sample_rate == 48000
         if sample_rate == self.sample_rate:
             return
         self.sample_rate = sample_rate
@@ -377,28 +400,27 @@ class OutboundAudioTrack(MediaStreamTrack):
         return self._silent_payload
 
     async def recv(self) -> Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start, self._sent = grid_after(now), 0
-            if self._start > now:
-                await asyncio.sleep(self._start - now)
-        else:
-            self._sent += 1
-            due = self._start + self._sent * FRAME_MS / 1000
-            if now - due > REPACE_AFTER_S:
-                # The loop stalled: start a new schedule rather than burst the backlog out.
-                self._start, self._sent = grid_after(now), 0
-                due = self._start
-            if due > now:
-                await asyncio.sleep(due - now)
-        samples, voiced = self._next_samples()
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            await self._wait_due()
+            samples, voiced = self._next_samples()
+            self._quiet = 0 if voiced else self._quiet + 1
+            if voiced or self._tail or self._quiet <= DTX_AFTER_FRAMES or not self.dtx:
+                payload = None
+                break
+            if (self._quiet - DTX_AFTER_FRAMES) % DTX_EVERY_FRAMES == 1:
+                payload = dtx_payload(self.sample_rate)
+                break
+            # Opus DTX: a silent frame that is not sent. Its time still passes (pts, the schedule),
+            # and the next frame is due 20 ms later, so a reply starts within one frame as before.
+            self._pts += self.frame_samples
+            self._unsent += 1
         sent_at = time.monotonic()
-        if self.last_send_at is not None:
+        if self.last_send_at is not None and not self._unsent:
             self.intervals.append(sent_at - self.last_send_at)
             SEND_INTERVALS.append(sent_at - self.last_send_at)
-        self.last_send_at = sent_at
+        self.last_send_at, self._unsent = sent_at, 0
         reply = self._reply
         if voiced and reply is not None:
             if reply.first_frame_at is None:
@@ -409,12 +431,29 @@ class OutboundAudioTrack(MediaStreamTrack):
                 self._record(self._recorded_part(reply), sent_at)
             if reply.closed and reply.buffered == 0:
                 self._complete(interrupted=False)
-        packet = Packet(await self._payload(samples, voiced))
+        packet = Packet(payload if payload is not None else await self._payload(samples, voiced))
         packet.pts = self._pts
         packet.time_base = self._time_base
         self._pts += self.frame_samples
         self.frames_sent += 1
         return packet
+
+    async def _wait_due(self) -> None:
+        """Sleep until the next frame is due on the 20 ms schedule (re-anchored after a stall)."""
+        now = time.monotonic()
+        if self._start is None:
+            self._start, self._sent = grid_after(now), 0
+            if self._start > now:
+                await asyncio.sleep(self._start - now)
+            return
+        self._sent += 1
+        due = self._start + self._sent * FRAME_MS / 1000
+        if now - due > REPACE_AFTER_S:
+            # The loop stalled: start a new schedule rather than burst the backlog out.
+            self._start, self._sent = grid_after(now), 0
+            due = self._start
+        if due > now:
+            await asyncio.sleep(due - now)
 
 
 def pacing_stats() -> dict[str, float]:

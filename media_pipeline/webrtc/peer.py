@@ -103,6 +103,25 @@ def offered_audio_codecs(sdp: str) -> list[list[str]]:
     return lines
 
 
+def offered_opus_dtx(sdp: str) -> bool:
+    """Whether the client asked for Opus DTX (RFC 7587 ``usedtx=1`` on the first audio m-line's Opus).
+
+    ``usedtx`` is the receiver's preference, so the buyer's track uses DTX only for a client that
+    asked (the practice page does); without it every 20 ms frame is sent, as before.
+    """
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception:  # noqa: BLE001 - offered_audio_codecs has already turned it down
+        return False
+    for media in description.media:
+        if media.kind == "audio":
+            return any(
+                codec.mimeType.lower() == SUPPORTED["opus"].lower() and str(codec.parameters.get("usedtx")) == "1"
+                for codec in media.rtp.codecs
+            )
+    return False
+
+
 def capabilities_for(names: list[str]) -> list[RTCRtpCodecCapability]:
     caps = RTCRtpSender.getCapabilities("audio").codecs
     chosen: list[RTCRtpCodecCapability] = []
@@ -200,6 +219,7 @@ class Negotiated:
     candidates: list[dict[str, Any]]
     codec: str  # "pcma" / "opus"
     sample_rate: int
+    dtx: bool = False  # the client asked for Opus DTX (``offered_opus_dtx``)
 
 
 async def answer_offer(
@@ -233,7 +253,8 @@ async def answer_offer(
         raise NegotiationError(f"cannot answer the offer: {exc}") from exc
     local = pc.localDescription.sdp
     codec = negotiated_codec(pc)
-    return Negotiated(sdp=local, candidates=candidates_in_sdp(local), codec=codec, sample_rate=CODEC_RATES[codec])
+    return Negotiated(sdp=local, candidates=candidates_in_sdp(local), codec=codec, sample_rate=CODEC_RATES[codec],
+                      dtx=codec == "opus" and offered_opus_dtx(offer_sdp))
 
 
 def negotiated_codec(pc: RTCPeerConnection) -> str:

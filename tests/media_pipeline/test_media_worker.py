@@ -10,13 +10,13 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from media_pipeline import heartbeat
-from media_pipeline.webrtc.peer import offered_audio_codecs, with_candidates
+from media_pipeline.webrtc.peer import offered_audio_codecs, offered_opus_dtx, with_candidates
 from roleplay.analytics import talk_ratio
 from roleplay.analytics.metrics import Spoken
 from roleplay.models import RealtimeSession, Utterance
 from signaling import gateway
 from tests.audio_fixtures import silence, speak
-from tests.media_pipeline.voice_client import VoiceClient, connect
+from tests.media_pipeline.voice_client import VoiceClient, connect, with_opus_dtx
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -73,6 +73,12 @@ def test_it_reads_the_clients_codec_order_from_the_offer():
         "a=fingerprint:sha-256 " + ":".join(["AA"] * 32) + "\r\na=setup:actpass\r\n"
     )
     assert offered_audio_codecs(sdp) == [["pcma", "opus"]]
+    # Opus DTX only for a client that asks for it (usedtx=1 on its Opus, as the page's offer does).
+    assert not offered_opus_dtx(sdp)
+    assert offered_opus_dtx(with_opus_dtx(sdp))
+    opus = "a=rtpmap:96 opus/48000/2\r\n"
+    assert not offered_opus_dtx(sdp.replace(opus, opus + "a=fmtp:96 usedtx=0\r\n"))
+    assert not offered_opus_dtx(with_opus_dtx(sdp).replace("opus/48000/2", "telephone-event/48000"))
     merged = with_candidates(sdp, [{"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdp_mid": "0"}])
     assert "a=candidate:1 1 udp 1 127.0.0.1 5000 typ host" in merged
 

@@ -268,3 +268,59 @@ async def test_a_barge_in_while_frames_are_being_encoded_ahead_keeps_none_of_the
         assert not track._ahead
     finally:
         track.stop()
+
+
+async def test_a_listening_opus_track_sends_only_dtx_packets_and_still_starts_a_reply_on_the_next_frame():
+    """Opus DTX: after DTX_AFTER_FRAMES of silence the track sends one TOC-only packet every
+    DTX_EVERY_FRAMES instead of a packet per 20 ms, with timestamps that keep real time; a reply
+    queued meanwhile goes out on the next 20 ms tick, not at the next DTX packet. Only for a client
+    that asked (``usedtx=1``), and never on PCMA."""
+    from media_pipeline.webrtc.outbound import DTX_AFTER_FRAMES, DTX_EVERY_FRAMES, dtx_payload, silence_payload
+
+    track = OutboundAudioTrack(48000)
+    track.configure(48000, dtx=True)
+    frame = track.frame_samples
+    sent: list[tuple[float, Any]] = []
+
+    async def sender() -> None:  # as aiortc's RTCRtpSender: recv() in a loop, each packet out at once
+        while True:
+            packet = await track.recv()
+            sent.append((time.monotonic(), packet))
+
+    running = asyncio.ensure_future(sender())
+    try:
+        while len(sent) < DTX_AFTER_FRAMES + 3:
+            await asyncio.sleep(0.01)
+        first, dtx = sent[:DTX_AFTER_FRAMES], sent[DTX_AFTER_FRAMES:DTX_AFTER_FRAMES + 3]
+        assert [bytes(p) for _, p in first] == [silence_payload(48000)] * DTX_AFTER_FRAMES
+        assert [p.pts for _, p in first] == [i * frame for i in range(DTX_AFTER_FRAMES)]
+        assert [bytes(p) for _, p in dtx] == [dtx_payload(48000)] * 3
+        assert len(dtx_payload(48000)) == 1 and dtx_payload(48000)[0] & 0x03 == 0  # code 0, no frame bytes
+        assert [p.pts for _, p in dtx] == [(DTX_AFTER_FRAMES + i * DTX_EVERY_FRAMES) * frame for i in range(3)]
+        assert dtx[2][0] - dtx[0][0] >= 2 * DTX_EVERY_FRAMES * 0.02 - 0.05  # real time between them
+
+        await asyncio.sleep(0.1)  # well inside the next DTX interval
+        tone = (np.sin(np.arange(frame * 5) * 2 * np.pi * 220 / 48000) * 8000).astype(np.int16)
+        before = len(sent)
+        track.begin("r1")
+        track.push(tone, text="hello")
+        queued_at = time.monotonic()
+        while len(sent) == before:
+            await asyncio.sleep(0.002)
+        at, voiced = sent[before]
+        assert at - queued_at < 0.045  # the next 20 ms tick (plus scheduling), not ~300 ms later
+        assert len(bytes(voiced)) > 2
+        last_dtx = sent[before - 1][1]
+        assert voiced.pts - last_dtx.pts >= 5 * frame and (voiced.pts - last_dtx.pts) % frame == 0  # time went on
+    finally:
+        running.cancel()
+        track.stop()
+
+    for rate, asked in ((48000, False), (8000, True)):
+        track = OutboundAudioTrack(rate)
+        track.configure(rate, dtx=asked)
+        try:
+            payloads = [bytes(await track.recv()) for _ in range(DTX_AFTER_FRAMES + 3)]
+            assert payloads == [silence_payload(rate)] * (DTX_AFTER_FRAMES + 3)
+        finally:
+            track.stop()

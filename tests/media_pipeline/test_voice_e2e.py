@@ -75,6 +75,29 @@ async def test_it_talks_over_webrtc_through_the_live_server(embedded, codec):
     assert 0.1 < detail["analytics"]["metrics"]["talk_ratio"] < 0.9
 
 
+async def test_a_client_that_asks_for_opus_dtx_gets_few_packets_while_the_buyer_listens_and_hears_every_reply(embedded):
+    """The practice page's offer asks for Opus DTX (``usedtx=1``): while the buyer is silent the
+    client then receives a packet every 400 ms instead of every 20 ms, and the turn still works."""
+    peer = await WsPeer(embedded, embedded.scenario_id()).start()
+    client = VoiceClient("opus", dtx=True)
+    try:
+        connected = await ws_connect_media(peer, client)
+        assert connected["audio_codec"] == "opus"
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:  # past any greeting: a second with nothing audible
+            await asyncio.sleep(0.1)
+            if client.sound_since(time.monotonic() - 0.15) is not None:
+                quiet_since = time.monotonic()
+        window_start = time.monotonic()
+        await asyncio.sleep(2.0)
+        frames = sum(1 for at, _ in client.heard if at > window_start)
+        assert 2 <= frames <= 10, frames  # ~5 DTX packets; a packet every 20 ms would be ~100
+        await voice_turn(peer, client, "opus")
+    finally:
+        await peer.close()
+        await client.close()
+
+
 async def test_it_connects_with_trickled_candidates_through_the_live_server(embedded):
     peer = await WsPeer(embedded, embedded.scenario_id()).start()
     client = VoiceClient("pcma")

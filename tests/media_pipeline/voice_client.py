@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import fractions
+import re
 import time
 from typing import Any
 
@@ -79,9 +80,21 @@ class SpeechTrack(MediaStreamTrack):
         return frame
 
 
+def with_opus_dtx(sdp: str) -> str:
+    """``usedtx=1`` on the offer's Opus payload type (the page's ``withOpusDtx``)."""
+    found = re.search(r"a=rtpmap:(\d+) opus/48000[^\r\n]*", sdp, re.IGNORECASE)
+    if not found:
+        return sdp
+    fmtp = re.compile(rf"^a=fmtp:{found.group(1)} ([^\r\n]*)", re.MULTILINE)
+    if fmtp.search(sdp):
+        return fmtp.sub(lambda m: m.group(0) if "usedtx=" in m.group(1) else m.group(0) + ";usedtx=1", sdp, count=1)
+    return sdp.replace(found.group(0), f"{found.group(0)}\r\na=fmtp:{found.group(1)} usedtx=1", 1)
+
+
 class VoiceClient:
-    def __init__(self, codec: str = "pcma", *, codecs: list[str] | None = None) -> None:
+    def __init__(self, codec: str = "pcma", *, codecs: list[str] | None = None, dtx: bool = False) -> None:
         self.codec = codec
+        self.dtx = dtx  # ask for Opus DTX in the offer, as the practice page does
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = SpeechTrack(RATES[codec])
         transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
@@ -130,6 +143,8 @@ class VoiceClient:
         """Offer data for the protocol; with ``trickle`` the candidates come back separately."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp = self.pc.localDescription.sdp
+        if self.dtx:
+            sdp = with_opus_dtx(sdp)
         candidates: list[dict[str, Any]] = []
         kept: list[str] = []
         mline = -1
