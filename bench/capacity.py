@@ -267,7 +267,7 @@ def engine_work_of(port: int) -> dict[str, Any]:
     """The embedded server's own count of engine jobs by kind (jobs, seconds on a thread) and of the
     interims it skipped, from its /metrics: where a call's CPU goes, stage by stage."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    work: dict[str, Any] = {"jobs": {}, "seconds": {}, "interims_skipped": 0.0}
+    work: dict[str, Any] = {"jobs": {}, "seconds": {}, "interims_skipped": 0.0, "speculative": {}}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             kind = sample.labels.get("kind")
@@ -277,6 +277,8 @@ def engine_work_of(port: int) -> dict[str, Any]:
                 work["seconds"][kind] = sample.value
             elif sample.name == "lingecho_interims_skipped_total":
                 work["interims_skipped"] = sample.value
+            elif sample.name == "lingecho_speculative_finals_total":
+                work["speculative"][sample.labels["outcome"]] = sample.value
     return work
 
 
@@ -361,8 +363,11 @@ async def run(args: argparse.Namespace) -> None:
             seconds = work["seconds"]
             per_turn = ", ".join(f"{kind} {jobs / turns:.1f} jobs / {seconds.get(kind, 0) * 1000 / turns:.0f} ms"
                                  for kind, jobs in sorted(work["jobs"].items()))
+            pauses = " / ".join(f"{work['speculative'].get(k, 0) / turns:.1f}"
+                                for k in ("used", "stale", "not_started"))
             print(f"  engine work per answered turn (whole run, from /metrics): {per_turn}; "
-                  f"interims skipped {work['interims_skipped'] / turns:.1f}", flush=True)
+                  f"interims skipped {work['interims_skipped'] / turns:.1f}; pauses in a turn whose early final "
+                  f"decode was used / thrown away / never started: {pauses}", flush=True)
         for err in row["errors"]:
             print("  error:", err)
         if row["refusal"]:

@@ -102,6 +102,13 @@ OFFERS_DUPLICATED_TOTAL = Counter(
 INTERIMS_SKIPPED_TOTAL = Counter(
     "lingecho_interims_skipped_total", "Interim decodes skipped: ASR busy or interim budget spent"
 )
+SPECULATIVE_FINALS_TOTAL = Counter(
+    "lingecho_speculative_finals_total",
+    "Pauses inside a WebRTC turn, by what became of the final decode started early for them: used (the "
+    "pause ended the turn), stale (speech resumed after it started), not_started (speech resumed before "
+    "SPECULATIVE_FINAL_AFTER_MS)",
+    ["outcome"],
+)
 ASR_BATCH_SIZE = Histogram(
     "lingecho_asr_batch_size", "Live ASR decodes run together in one batch (1: alone, as with a free thread)",
     buckets=(1, 2, 3, 4, 6, 8),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from types import SimpleNamespace
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -88,6 +89,38 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(media_worker, con
         assert len(buyer) == 1 and buyer[0].text == reply["data"]["text"]
     finally:
         await client.close()
+
+
+def speculative(outcome: str) -> float:
+    from media_pipeline import metrics
+
+    return metrics.SPECULATIVE_FINALS_TOTAL.labels(outcome)._value.get()
+
+
+async def test_on_a_busy_machine_the_gaps_between_words_start_no_decode_and_the_pause_that_ends_the_turn_does(
+        media_worker, contract_peer, call_session, settings, monkeypatch):
+    """With no CPU to spare the final decode starts SPECULATIVE_FINAL_AFTER_MS into a pause, still
+    before the turn is decided. The VAD hears 32-64 ms gaps between the words of this sentence: none
+    of them may cost a decode, and the pause after it must have its decode started early and used."""
+    from media_pipeline.webrtc import inbound
+
+    assert settings.SPECULATIVE_FINAL_AFTER_MS >= 96
+    monkeypatch.setattr(inbound, "spare_cpu", lambda: SimpleNamespace(spare=lambda: False))
+    before = {k: speculative(k) for k in ("used", "stale", "not_started")}
+    client = VoiceClient("opus")
+    try:
+        await start(contract_peer, client)
+        client.track.play(speak("What would it take to get a pilot started?", rate=OPUS_RATE))
+        client.track.play(silence(1500, OPUS_RATE))
+        await answered(contract_peer)
+        finals = contract_peer.of_type("asr_result")
+        assert len(finals) == 1 and {"pilot", "started"} <= words(finals[0]["data"]["text"]), finals
+    finally:
+        await client.close()
+    after = {k: speculative(k) - before[k] for k in before}
+    assert after["used"] == 1, after  # the turn's final is the decode started early in its last pause
+    assert after["stale"] == 0, after  # no gap between words got a decode that was thrown away
+    assert after["not_started"] >= 1, after  # and the VAD did hear such gaps
 
 
 # After a content word no word rule says "more to come": only the ASR's odds of "…" right after
