@@ -8,11 +8,10 @@ page does), after ``DTX_AFTER_FRAMES`` of it the track sends only a DTX packet e
 second instead of 50, which the client need not receive and decode. The 200 ms of silence sent
 first after a reply also push its last frames out of a receiver's jitter buffer (aiortc's holds
 four frames back until later ones arrive), and every 20 ms tick is still checked, so a reply
-starts on time. If the
-event loop stalls for longer than ``REPACE_AFTER_S`` the schedule is re-anchored instead of
-bursting the backlog out. A flush (barge-in) drops the queued audio between two frames: the RTP
-timestamps keep counting up, so the client hears silence from the next frame on, within 20 ms
-plus its jitter buffer.
+starts on time. If the event loop stalls for longer than ``REPACE_AFTER_S`` the schedule is
+re-anchored instead of bursting the backlog out. A flush (barge-in) drops the queued audio
+between two frames: the RTP timestamps keep counting up, so the client hears silence from the
+next frame on, within 20 ms plus its jitter buffer.
 
 The track hands aiortc encoded packets, not raw frames. Given a raw frame, aiortc's sender
 Opus-encodes it on a thread pool (a thread hop per 20 ms frame per call) even when it is
