@@ -363,11 +363,10 @@ async def run(args: argparse.Namespace) -> None:
             seconds = work["seconds"]
             per_turn = ", ".join(f"{kind} {jobs / turns:.1f} jobs / {seconds.get(kind, 0) * 1000 / turns:.0f} ms"
                                  for kind, jobs in sorted(work["jobs"].items()))
-            pauses = " / ".join(f"{work['speculative'].get(k, 0) / turns:.1f}"
-                                for k in ("used", "stale", "not_started"))
+            pauses = " / ".join(f"{work['speculative'].get(k, 0) / turns:.1f}" for k in ("used", "stale"))
             print(f"  engine work per answered turn (whole run, from /metrics): {per_turn}; "
-                  f"interims skipped {work['interims_skipped'] / turns:.1f}; pauses in a turn whose early final "
-                  f"decode was used / thrown away / never started: {pauses}", flush=True)
+                  f"interims skipped {work['interims_skipped'] / turns:.1f}; pauses whose early final decode "
+                  f"was used / thrown away: {pauses}", flush=True)
         for err in row["errors"]:
             print("  error:", err)
         if row["refusal"]:

@@ -205,9 +205,7 @@ def build(pauses: list[float], speeds: list[float]) -> list[Case]:
     return cases
 
 
-# The speculative final starts when the VAD hears the pause, ~2 windows after the last sound, on a
-# machine with CPU to spare; on a busy one SPECULATIVE_FINAL_AFTER_MS later (model it with --words-ms).
-WORDS_AFTER_MS = 64
+WORDS_AFTER_MS = 64  # the speculative final starts when the VAD hears the pause: ~2 windows after the last sound
 
 
 def attach_words(cases: list[Case], arrive_ms: float | None = None) -> str:

@@ -368,9 +368,6 @@ BARGE_IN_CONFIRM_WORDS = envbool("BARGE_IN_CONFIRM_WORDS", True)
 # The trainee speaking again this soon after the buyer started is the same thought: the buyer yields.
 TURN_YIELD_GRACE_MS = envint("TURN_YIELD_GRACE_MS", 300, minimum=0, maximum=2000)
 INTERIM_INTERVAL_MS = envint("INTERIM_INTERVAL_MS", 500, minimum=100)
-# WebRTC, on a busy machine (the interims' gate): the final decode starts this far into a pause, not
-# at once (still before the turn is decided); shorter pauses, gaps between words, mostly resume.
-SPECULATIVE_FINAL_AFTER_MS = envint("SPECULATIVE_FINAL_AFTER_MS", 96, minimum=0, maximum=2000)
 # Interim decodes per second for the whole process (all calls share it; finals are never counted):
 # one call keeps its INTERIM_INTERVAL_MS interims, many calls get fewer each. 0 = no budget.
 INTERIM_BUDGET_PER_SECOND = envfloat("INTERIM_BUDGET_PER_SECOND", 2.0, minimum=0.0)

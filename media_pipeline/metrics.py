@@ -104,9 +104,8 @@ INTERIMS_SKIPPED_TOTAL = Counter(
 )
 SPECULATIVE_FINALS_TOTAL = Counter(
     "lingecho_speculative_finals_total",
-    "Pauses inside a WebRTC turn, by what became of the final decode started early for them: used (the "
-    "pause ended the turn), stale (speech resumed after it started), not_started (speech resumed before "
-    "SPECULATIVE_FINAL_AFTER_MS)",
+    "Pauses inside a WebRTC turn, by what became of the final decode started when each began: used (the "
+    "pause ended the turn) or stale (speech resumed: a decode thrown away)",
     ["outcome"],
 )
 ASR_BATCH_SIZE = Histogram(

@@ -190,7 +190,6 @@ class CallSession:
                 record=self._record_trainee,
                 end_silence_ms=settings.ENDPOINT_SILENCE_MS,
                 interim_interval_ms=settings.INTERIM_INTERVAL_MS,
-                speculative_after_ms=settings.SPECULATIVE_FINAL_AFTER_MS,
                 vad_threshold=settings.VAD_THRESHOLD,
                 max_utterance_ms=settings.MAX_AUDIO_DURATION_MS,
                 patience_ms=self.info.patience_ms,

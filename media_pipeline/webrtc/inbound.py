@@ -9,8 +9,8 @@ failures); ``_vad_loop`` has it score 32 ms batches off the loop (through the pr
 not grow with the number of calls) and turns endpointer events into ASR work. What this
 transport adds on top: interim decodes run every ``INTERIM_INTERVAL_MS`` of speech but only on an
 idle ASR thread and never two at once for a call (finals come first); the final decode starts at
-``silence_began`` plus ``SPECULATIVE_FINAL_AFTER_MS`` (past the gaps between words) and is dropped
-on ``speech_resumed``, so the transcript is usually ready when endpointing fires.
+``silence_began`` and is dropped on ``speech_resumed``, so the transcript is usually ready when
+endpointing fires.
 
 The listener (the pipeline) gets plain callbacks; sample offsets count from the start of the
 stream (16 kHz) and are turned into ms since ``asr_start`` and session-relative ms here.
@@ -100,7 +100,6 @@ class InboundAudio:
         record: Callable[[np.ndarray, int], None] | None = None,
         end_silence_ms: int = 400,
         interim_interval_ms: int = 500,
-        speculative_after_ms: int = 96,
         vad_threshold: float = 0.5,
         max_utterance_ms: int = 30000,
         patience_ms: int | None = None,
@@ -113,7 +112,6 @@ class InboundAudio:
                                    max_utterance_ms=max_utterance_ms, patience_ms=patience_ms)
         self.detector = self.listening.detector
         self.interim_samples = interim_interval_ms * RATE // 1000
-        self.speculative_after_samples = speculative_after_ms * RATE // 1000
         self.max_utterance_samples = self.listening.max_utterance_samples
         self.language = "en"
         self.mode = "auto"
@@ -140,7 +138,6 @@ class InboundAudio:
         self._interim_end = 0
         self._interim_task: asyncio.Task | None = None
         self._final: tuple[tuple[int, int], asyncio.Task] | None = None
-        self._pause: tuple[int, int] | None = None  # (segment start, pause start): its decode not started yet
         self._final_order = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._consumers: list[asyncio.Task] = []
@@ -314,8 +311,10 @@ class InboundAudio:
                 self.utt_start = None
             return
         if event.kind == "silence_began":
-            self._pause = (event.start_sample, event.sample)
-            self._speculate(event.sample, at_once=self.engines.asr_idle() and spare_cpu().spare())
+            key = (event.start_sample, event.sample)
+            task = self._spawn(self._decode(event.start_sample, event.sample))
+            self._final = (key, task)
+            task.add_done_callback(lambda done, key=key, rid=self.result_id: self._early_interim(done, key, rid))
         elif event.kind == "speech_resumed":
             self._drop_speculative()  # the pause was a breath: that decode is stale
         elif event.kind == "speech_end":
@@ -328,35 +327,17 @@ class InboundAudio:
             self._drop_speculative()
             self.utt_start = None
 
-    def _speculate(self, now: int, *, at_once: bool = False) -> None:
-        """Start the speculative final: at once on an idle machine, else once the pause has lasted
-        ``SPECULATIVE_FINAL_AFTER_MS``.
-
-        Why wait when the machine is busy: many pauses the VAD hears inside a sentence are gaps of
-        32-128 ms between words (the bench phrases: 7 of 13 pauses resumed, all within 128 ms), and
-        each decode started there is a whole Whisper decode thrown away, CPU the other calls' finals
-        wait for (bench/capacity.py at 4 calls: 0.5 thrown away per turn at once, 0.1 after 96 ms).
-        Why not always: words that come later reach the end-of-turn decision later; on an idle
-        machine a decode ready before the 200 ms ask point lets the words hold a cut-off sentence
-        there (bench/turn_taking.py: 19 endpointer cut-offs of 82 at once, 52 after 96 ms; what
-        the trainee hears is the same, the turn stage holding those finals), and the waste costs
-        nobody anything. Same gate as interims: idle ASR threads and idle cores.
-        """
-        if self._pause is None or (not at_once and now - self._pause[1] < self.speculative_after_samples):
-            return
-        start, pause = self._pause
-        self._pause = None
-        key = (start, pause)
-        task = self._spawn(self._decode(start, pause))
-        self._final = (key, task)
-        task.add_done_callback(lambda done, key=key, rid=self.result_id: self._early_interim(done, key, rid))
-
     def _drop_speculative(self) -> None:
+        """Forget the final decode started at the pause (counted: a pause that did not end the turn).
+
+        Many pauses the VAD hears are gaps of 32-128 ms between words, and each costs a whole decode
+        (0.4-0.8 per answered turn in bench/capacity.py). Starting it only ~100 ms into a pause
+        wasted fewer, but made every turn's final later, and at 12 calls p95 was worse in three
+        pairs of three (docs/performance.md, ninth round): so it starts at once.
+        """
         if self._final is not None:
             metrics.SPECULATIVE_FINALS_TOTAL.labels("stale").inc()
-        elif self._pause is not None:
-            metrics.SPECULATIVE_FINALS_TOTAL.labels("not_started").inc()
-        self._final = self._pause = None
+        self._final = None
 
     def _early_interim(self, task: asyncio.Task, key: tuple[int, int], result_id: str) -> None:
         """The speculative final is ready while endpointing still waits: show it as an interim.
@@ -384,7 +365,6 @@ class InboundAudio:
         if not self.active or self.utt_start is None:
             return
         pos = self.detector.endpointer.position
-        self._speculate(pos)
         if self.mode == "auto" and not self.detector.in_speech:
             return
         if pos - self.utt_start >= self.max_utterance_samples:
@@ -398,7 +378,7 @@ class InboundAudio:
             return
         if self._interim_task is not None and not self._interim_task.done():
             return  # never two interims at once for a call
-        if self._final is not None or self._pause is not None:
+        if self._final is not None:
             return  # a pause has begun: the speculative final decode is the next partial result
         if self._interims_started and not (self.engines.asr_idle() and spare_cpu().spare()
                                            and interim_budget().try_take()):
@@ -441,7 +421,7 @@ class InboundAudio:
     def _close_turn(self, start: int, end: int, decided_at: float, last_voiced_at: float,
                     turn: TurnDecision | None = None) -> None:
         """Turn over: reuse the decode started at silence_began if it covers the same span."""
-        pending, self._final, self._pause = self._final, None, None
+        pending, self._final = self._final, None
         if pending and pending[0] == (start, end):
             task = pending[1]
             metrics.SPECULATIVE_FINALS_TOTAL.labels("used").inc()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from types import SimpleNamespace
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -97,30 +96,30 @@ def speculative(outcome: str) -> float:
     return metrics.SPECULATIVE_FINALS_TOTAL.labels(outcome)._value.get()
 
 
-async def test_on_a_busy_machine_the_gaps_between_words_start_no_decode_and_the_pause_that_ends_the_turn_does(
-        media_worker, contract_peer, call_session, settings, monkeypatch):
-    """With no CPU to spare the final decode starts SPECULATIVE_FINAL_AFTER_MS into a pause, still
-    before the turn is decided. The VAD hears 32-64 ms gaps between the words of this sentence: none
-    of them may cost a decode, and the pause after it must have its decode started early and used."""
-    from media_pipeline.webrtc import inbound
-
-    assert settings.SPECULATIVE_FINAL_AFTER_MS >= 96
-    monkeypatch.setattr(inbound, "spare_cpu", lambda: SimpleNamespace(spare=lambda: False))
-    before = {k: speculative(k) for k in ("used", "stale", "not_started")}
+async def test_the_turns_final_is_the_decode_started_at_its_last_pause_and_breaths_are_counted(
+        media_worker, contract_peer, call_session):
+    """The final decode starts when a pause begins, so the words are ready when the turn is decided;
+    the final reuses it (no second decode), and a pause that resumed counts as a decode thrown away
+    in /metrics (lingecho_speculative_finals_total), where the waste can be watched."""
+    before = {k: speculative(k) for k in ("used", "stale")}
     client = VoiceClient("opus")
     try:
         await start(contract_peer, client)
-        client.track.play(speak("What would it take to get a pilot started?", rate=OPUS_RATE))
+        client.track.play(speak("I wanted to ask you about", rate=OPUS_RATE))
+        client.track.play(silence(800, OPUS_RATE))
+        client.track.play(speak("the invoices your team handles every month.", rate=OPUS_RATE))
         client.track.play(silence(1500, OPUS_RATE))
         await answered(contract_peer)
         finals = contract_peer.of_type("asr_result")
-        assert len(finals) == 1 and {"pilot", "started"} <= words(finals[0]["data"]["text"]), finals
+        assert len(finals) == 1 and {"wanted", "month"} <= words(finals[0]["data"]["text"]), finals
     finally:
         await client.close()
     after = {k: speculative(k) - before[k] for k in before}
-    assert after["used"] == 1, after  # the turn's final is the decode started early in its last pause
-    assert after["stale"] == 0, after  # no gap between words got a decode that was thrown away
-    assert after["not_started"] >= 1, after  # and the VAD did hear such gaps
+    # The final is the decode started early in the last pause; the 0.8 s pause inside the thought
+    # either resumed (its decode thrown away) or, where the words came too late to hold it there,
+    # ended a fragment that the turn stage then joined (its decode used): counted either way.
+    assert after["used"] >= 1, after
+    assert after["used"] + after["stale"] >= 2, after
 
 
 # After a content word no word rule says "more to come": only the ASR's odds of "…" right after
