@@ -222,6 +222,12 @@ class Listening:
         self._start_early()
         return events
 
+    def scores_idle(self, samples: np.ndarray) -> bool:
+        """:meth:`score` of ``samples`` would run no model (VAD or turn) and yield no event: the line
+        is quiet between turns (``SpeechDetector.idle_for``). The caller may then score them on its
+        event loop instead of handing them to the VAD thread."""
+        return self.detector.idle_for(samples)
+
     # --- end of turn -----------------------------------------------------------------------------
     def hear_words(self, text: str, end_sample: int, language: str = "en", odds: EndingOdds | None = None) -> None:
         """The latest words of the open utterance, transcribed up to stream sample ``end_sample``

@@ -108,6 +108,12 @@ SPECULATIVE_FINALS_TOTAL = Counter(
     "pause ended the turn) or stale (speech resumed: a decode thrown away)",
     ["outcome"],
 )
+VAD_HOPS_TOTAL = Counter(
+    "lingecho_vad_hops_total",
+    "WebRTC 32 ms hops by how they were scored: scored (on the VAD thread) or idle (a quiet line "
+    "between turns, under the VAD's level gate: scored 0 on the event loop, no model run)",
+    ["how"],
+)
 ASR_BATCH_SIZE = Histogram(
     "lingecho_asr_batch_size", "Live ASR decodes run together in one batch (1: alone, as with a free thread)",
     buckets=(1, 2, 3, 4, 6, 8),

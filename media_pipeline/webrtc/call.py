@@ -203,7 +203,8 @@ class CallSession:
         @pc.on("track")
         def on_track(track: Any) -> None:
             # Consume every inbound track, audio or not: aiortc queues frames without bound otherwise.
-            inbound.add_track(track)
+            receiver = next((t.receiver for t in pc.getTransceivers() if t.receiver.track is track), None)
+            inbound.add_track(track, receiver)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

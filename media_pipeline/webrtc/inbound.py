@@ -1,8 +1,9 @@
 """The trainee's voice over WebRTC: every inbound track consumed, decoded audio → 16 kHz → listening.
 
-Stages, each one job: ``_consume`` reads a track (aiortc queues frames without bound if nobody
-reads), downmixes (Opus arrives as 48 kHz stereo) and resamples to 16 kHz (one libswresample call
-a frame: ``audio.FrameConverter``) into the shared
+Stages, each one job: each frame is decoded on the loop as aiortc's packet handler completes it
+(``inline_decode``: no decoder thread, no hand-over per frame; a track whose receiver is not
+aiortc's is read by ``_consume`` instead) and resampled to 16 kHz (one libswresample call a
+frame: ``audio.FrameConverter``) into the shared
 listening stage (``media_pipeline.listening``: kept audio, VAD, pre-roll, final decodes and their
 failures); ``_vad_loop`` has it score 32 ms batches off the loop (through the process's
 ``vad_batch`` queue: one VAD-thread pass scores every call's waiting hop, so thread hand-overs do
@@ -41,6 +42,7 @@ from media_pipeline.listening import Heard, Listening, heard
 from media_pipeline.spare_cpu import spare_cpu
 from media_pipeline.turns import TurnDecision
 from media_pipeline.vad_batch import vad_batcher
+from media_pipeline.webrtc.inline_decode import InlineDecoder, install
 from roleplay.audio_format import SAMPLE_RATE as RATE
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ VAD_BATCH_SAMPLES = 512  # one Silero window: a 32 ms hop; endpointing waits for
 STALL_SECONDS = 0.8  # no frame for this long mid-utterance: the track stopped, close the turn
 NO_AUDIO_ERROR_SECONDS = 5.0
 _interim_budget: RateBudget | None = None
+
+
+def _ignore() -> None:
+    return None
 
 
 def interim_budget() -> RateBudget:
@@ -141,6 +147,7 @@ class InboundAudio:
         self._final_order = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._consumers: list[asyncio.Task] = []
+        self._inline: list[InlineDecoder] = []
         self._primary_taken = False
         self._last_frame_at = time.monotonic()
         self._audio_error_sent = False
@@ -173,27 +180,70 @@ class InboundAudio:
         """Samples received since the stream began."""
         return self.listening.total
 
-    def add_track(self, track: Any) -> None:
+    def add_track(self, track: Any, receiver: Any = None) -> None:
+        """Hear ``track``: decoded inline on the loop when its aiortc ``receiver`` allows, else read.
+
+        Only the first audio track is heard; any other is still consumed (aiortc would queue its
+        frames without bound) but not decoded when inline.
+        """
         primary = not self._primary_taken
         self._primary_taken = True
-        self._consumers.append(asyncio.get_running_loop().create_task(self._consume(track, primary)))
+        loop = asyncio.get_running_loop()
+        if receiver is not None and getattr(track, "kind", "") == "audio":
+            decoder = InlineDecoder(RATE, self._on_pcm if primary else None,
+                                    self._on_track_end if primary else _ignore)
+            if install(receiver, decoder):
+                self._inline.append(decoder)
+                if primary:
+                    self._consumers.append(loop.create_task(self._watch_stall(), name="inbound-stall"))
+                return
+            log.warning("aiortc's receiver is not the shape inline_decode knows: reading the track instead")
+        self._consumers.append(loop.create_task(self._consume(track, primary)))
 
     def detach_tracks(self) -> None:
         """A new offer replaces the peer: stop reading the old tracks, the next one is primary."""
         for task in self._consumers:
             task.cancel()
+        for decoder in self._inline:
+            decoder.detach()
         self._consumers = []
+        self._inline = []
         self._primary_taken = False
 
     async def close(self) -> None:
         self._closed = True
+        for decoder in self._inline:
+            decoder.detach()
         for task in [self._vad_task, *self._consumers, *self._tasks]:
             task.cancel()
         for task in [self._vad_task, *self._consumers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    # --- stage 1: downmix and resample the decoded frames -----------------------------------------
+    # --- stage 1: decoded frames as 16 kHz float32 --------------------------------------------------
+    def _on_pcm(self, x: np.ndarray) -> None:
+        """One inline-decoded frame (``inline_decode``), on the loop."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        self._last_frame_at = now
+        self._audio_error_sent = False
+        self._append(x, now)
+
+    def _on_track_end(self) -> None:
+        if not self._closed:
+            self._on_stall()  # the track ended: close a turn left open
+
+    async def _watch_stall(self) -> None:
+        """What ``_consume``'s read timeout does for an inline track: no frame for STALL_SECONDS."""
+        while not self._closed:
+            wait = self._last_frame_at + STALL_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._on_stall()
+            await asyncio.sleep(STALL_SECONDS)
+
     async def _consume(self, track: Any, primary: bool) -> None:
         to_16k = FrameConverter(RATE)
         while not self._closed:
@@ -269,7 +319,12 @@ class InboundAudio:
                 batch = np.concatenate(self._pending)
                 self._pending, self._pending_n = [], 0
                 try:
-                    events = await vad_batcher(self.engines.vad_pool).score(self.listening.score, batch)
+                    if self.listening.scores_idle(batch):
+                        events = self.listening.score(batch)  # quiet between turns: no model runs
+                        metrics.VAD_HOPS_TOTAL.labels("idle").inc()
+                    else:
+                        events = await vad_batcher(self.engines.vad_pool).score(self.listening.score, batch)
+                        metrics.VAD_HOPS_TOTAL.labels("scored").inc()
                 except EngineBusy:
                     log.warning("VAD executor full; a batch was dropped")
                     continue

@@ -179,7 +179,14 @@ def test_it_finds_no_speech_in_silence_or_noise():
     assert not detector.in_speech
 
 
-def test_it_scores_the_same_whatever_the_chunking():
+def _ungated(monkeypatch) -> None:
+    from media_pipeline.engines.vad import silero
+
+    monkeypatch.setattr(silero, "GATE_PEAK", 0.0)
+
+
+def test_it_scores_the_same_whatever_the_chunking(monkeypatch):
+    _ungated(monkeypatch)  # the model's own streaming; the gate works on what each feed completes
     speech = np.concatenate([speak("Send the proposal."), silence(300)])
     one_shot = get_vad_model().create_stream().feed(speech)
     streamed = get_vad_model().create_stream()
@@ -187,6 +194,57 @@ def test_it_scores_the_same_whatever_the_chunking():
     assert len(one_shot) == len(speech) // 512
     np.testing.assert_allclose(probs, one_shot, atol=1e-4)
     assert one_shot.max() > 0.9
+
+
+def test_a_quiet_line_between_turns_is_scored_without_the_model_and_decides_the_same(monkeypatch):
+    """The level gate (silero.GATE_PEAK): digital silence before and after a phrase, and a long pause
+    in it, is scored 0 without running Silero once the stream is quiet; the speech, its hang-over
+    and every endpointing event are what the model alone gives."""
+    line = np.concatenate([silence(1000), speak("Send the proposal."), silence(1200),
+                           speak("We start next week."), silence(1500)])
+
+    def run() -> tuple[list, np.ndarray, int]:
+        detector = SpeechDetector(get_vad_model(), EndpointerConfig(end_silence_ms=600))
+        events, probs = [], []
+        for frame in frames(line):
+            events += detector.feed(frame)
+            probs.append(detector.last_probs)
+        return events, np.concatenate(probs), detector.stream.windows_gated
+
+    gated_events, gated_probs, gated = run()
+    _ungated(monkeypatch)
+    events, probs, none = run()
+    assert none == 0
+    assert gated >= (1000 + 1200 + 1500 - 3 * 400) * 16 // 512  # most of the silence, all of the lead-in
+    assert gated_events == events and len([e for e in events if e.kind == "speech_end"]) == 2
+    # Every window the model calls speech, it still calls speech; the second phrase starts from the
+    # state the silence froze rather than one run through it, so its first scores differ a little.
+    np.testing.assert_array_equal(gated_probs >= 0.5, probs >= 0.5)
+    assert (probs[gated_probs == 0.0] < 0.1).all()  # nothing the model heard as voice was skipped
+
+
+def test_a_faint_talker_is_still_heard_and_noise_is_still_scored(monkeypatch):
+    phrase = speak("Send the proposal.")
+    faint = np.concatenate([silence(500), phrase / np.abs(phrase).max() * 10 ** (-50 / 20), silence(300)])
+    detector = SpeechDetector(get_vad_model())
+    events = [e for frame in frames(faint) for e in detector.feed(frame)]
+    assert [e.kind for e in events][:1] == ["speech_start"]
+    room = get_vad_model().create_stream()
+    room.feed(noise(1000, level_dbfs=-55))
+    assert room.windows_gated == 0  # a room's hiss is above the gate: the model hears it
+
+
+def test_the_loop_may_score_a_hop_only_between_turns_on_a_quiet_line():
+    detector = SpeechDetector(get_vad_model(), EndpointerConfig(end_silence_ms=600))
+    hop = silence(32)
+    assert detector.idle_for(hop)
+    assert not detector.idle_for(noise(32, level_dbfs=-40))
+    for frame in frames(np.concatenate([speak("Send the proposal."), silence(100)])):
+        detector.feed(frame)
+    assert detector.in_speech and not detector.idle_for(hop)  # a pause inside a turn runs the model
+    for frame in frames(silence(2000)):
+        detector.feed(frame)
+    assert not detector.in_speech and detector.idle_for(hop)
 
 
 def test_it_rejects_nan_in_the_vad_stream():

@@ -52,6 +52,12 @@ def speculative(outcome: str) -> float:
     return metrics.SPECULATIVE_FINALS_TOTAL.labels(outcome)._value.get()
 
 
+def vad_hops(how: str) -> float:
+    from media_pipeline import metrics
+
+    return metrics.VAD_HOPS_TOTAL.labels(how)._value.get()
+
+
 # --- the words ------------------------------------------------------------------------------------
 
 def test_it_joins_fragments_with_a_space_in_english_and_none_in_chinese():
@@ -77,6 +83,7 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(media_worker, con
     # Opus at 48 kHz: over 8 kHz PCMA tiny.en now and then hears "ask you about" as "have you am out",
     # an ASR slip that leaves no words to hold the thought by (the model alone then decides).
     decodes_before = {k: speculative(k) for k in ("used", "stale")}
+    hops_before = {k: vad_hops(k) for k in ("scored", "idle")}
     client = VoiceClient("opus")
     try:
         await start(contract_peer, client)
@@ -100,6 +107,10 @@ async def test_a_pause_mid_sentence_is_one_turn_with_one_reply(media_worker, con
     # either resumed (its decode thrown away) or ended a fragment the turn stage joined (used).
     decodes = {k: speculative(k) - decodes_before[k] for k in decodes_before}
     assert decodes["used"] >= 1 and decodes["used"] + decodes["stale"] >= 2, decodes
+    # The silent line before and after the turn was scored on the loop without the model (the VAD's
+    # level gate, lingecho_vad_hops_total{how="idle"}); the speech and the pause inside the turn were not.
+    hops = {k: vad_hops(k) - hops_before[k] for k in hops_before}
+    assert hops["idle"] >= 10 and hops["scored"] >= 60, hops
 
 
 # After a content word no word rule says "more to come": only the ASR's odds of "…" right after

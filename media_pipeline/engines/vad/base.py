@@ -301,6 +301,13 @@ class SpeechDetector:
         self.last_probs = self.stream.feed(samples)
         return self.endpointer.process(self.last_probs)
 
+    def idle_for(self, samples: np.ndarray) -> bool:
+        """Feeding ``samples`` would run no model and decide nothing: no segment is open and the
+        stream gates them as quiet (``SileroVADStream.gates``; a VAD without a gate never is).
+        Then :meth:`feed` is a few microseconds and may run on an event loop."""
+        gates = getattr(self.stream, "gates", None)
+        return not self.endpointer.in_speech and gates is not None and bool(gates(samples))
+
     def _ask(self, pause: int, now: int) -> VADEvent | None:
         self._verdict = self.turn_end(self._speech_start, pause, now)
         if not getattr(self._verdict, "pending", False):

@@ -21,6 +21,13 @@ from roleplay.audio_format import SAMPLE_RATE
 WINDOW = 512
 CONTEXT = 64
 _STATE_SHAPE = (1, 1, 128)
+# A window whose loudest sample is below this is not run through the model while the stream is
+# already quiet (its last score under QUIET_PROB): it scores 0. Silero finds speech down to about
+# -55 dBFS peak (eSpeak at -55: 0.97; at -60: 0.02 at most), so -62 dBFS loses nothing; a line
+# that quiet is digital silence, a muted microphone or a noise suppressor's floor. Gated windows
+# leave the LSTM state as the last quiet window left it, which is where silence holds it anyway.
+GATE_PEAK = 10 ** (-62 / 20)
+QUIET_PROB = 0.1
 
 
 def default_model_path() -> Path:
@@ -81,7 +88,19 @@ class SileroVADStream:
         self._c = np.zeros(_STATE_SHAPE, dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
+        self._quiet = True  # a fresh state is the state of silence
         self.samples_scored = 0
+        self.windows_gated = 0  # windows scored 0 without the model (GATE_PEAK)
+
+    def gates(self, samples: np.ndarray) -> bool:
+        """Feeding ``samples`` now would run no model: the stream is quiet and they (with the partial
+        window waiting) stay under ``GATE_PEAK``. Cheap enough for an event loop."""
+        if not self._quiet:
+            return False
+        peak = float(np.max(np.abs(samples), initial=0.0))
+        if self._pending.size:
+            peak = max(peak, float(np.max(np.abs(self._pending))))
+        return peak < GATE_PEAK
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
         """Append 16 kHz mono audio (float32 or int16) of any length; score completed windows.
@@ -99,13 +118,22 @@ class SileroVADStream:
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         windows = buf[: n * WINDOW].reshape(n, WINDOW)
-        contexts = np.empty((n, CONTEXT), dtype=np.float32)
-        contexts[0] = self._context
-        contexts[1:] = windows[:-1, -CONTEXT:]
-        batch = np.ascontiguousarray(np.concatenate([contexts, windows], axis=1), dtype=np.float32)
-        probs, self._h, self._c = self.model.score(batch, self._h, self._c)
+        gated = 0
+        if self._quiet:
+            loud = np.flatnonzero(np.abs(windows).max(axis=1) >= GATE_PEAK)
+            gated = n if loud.size == 0 else int(loud[0])
+        probs = np.zeros(n, dtype=np.float32)
+        if gated < n:
+            scored = windows[gated:]
+            contexts = np.empty((n - gated, CONTEXT), dtype=np.float32)
+            contexts[0] = windows[gated - 1, -CONTEXT:] if gated else self._context
+            contexts[1:] = scored[:-1, -CONTEXT:]
+            batch = np.ascontiguousarray(np.concatenate([contexts, scored], axis=1), dtype=np.float32)
+            probs[gated:], self._h, self._c = self.model.score(batch, self._h, self._c)
+        self._quiet = bool(probs[-1] < QUIET_PROB)
         self._context = windows[-1, -CONTEXT:].copy()
         self.samples_scored += n * WINDOW
+        self.windows_gated += gated
         return probs
 
 
