@@ -179,14 +179,7 @@ def test_it_finds_no_speech_in_silence_or_noise():
     assert not detector.in_speech
 
 
-def _ungated(monkeypatch) -> None:
-    from media_pipeline.engines.vad import silero
-
-    monkeypatch.setattr(silero, "GATE_PEAK", 0.0)
-
-
-def test_it_scores_the_same_whatever_the_chunking(monkeypatch):
-    _ungated(monkeypatch)  # the model's own streaming; the gate works on what each feed completes
+def test_it_scores_the_same_whatever_the_chunking():
     speech = np.concatenate([speak("Send the proposal."), silence(300)])
     one_shot = get_vad_model().create_stream().feed(speech)
     streamed = get_vad_model().create_stream()
@@ -196,31 +189,34 @@ def test_it_scores_the_same_whatever_the_chunking(monkeypatch):
     assert one_shot.max() > 0.9
 
 
-def test_a_quiet_line_between_turns_is_scored_without_the_model_and_decides_the_same(monkeypatch):
-    """The level gate (silero.GATE_PEAK): digital silence before and after a phrase, and a long pause
-    in it, is scored 0 without running Silero once the stream is quiet; the speech, its hang-over
-    and every endpointing event are what the model alone gives."""
-    line = np.concatenate([silence(1000), speak("Send the proposal."), silence(1200),
-                           speak("We start next week."), silence(1500)])
+def test_a_quiet_line_between_turns_waits_for_the_model_and_every_score_is_the_same(monkeypatch):
+    """Deferred scoring (silero.GATE_PEAK): between turns, digital silence is scored 0 at once and
+    run through Silero later, in one batch with the next windows, so every score the model gives
+    and every endpointing event are exactly those of the model run window by window; a pause inside
+    a turn always runs the model. The long silences matter: Silero remembers them for seconds."""
+    from media_pipeline.engines.vad import silero
 
-    def run() -> tuple[list, np.ndarray, int]:
+    line = np.concatenate([silence(3000), speak("Send the proposal."), silence(700),
+                           speak("We start next week."), silence(4000), speak("Okay."), silence(1000)])
+
+    def run() -> tuple[list, np.ndarray, SpeechDetector]:
         detector = SpeechDetector(get_vad_model(), EndpointerConfig(end_silence_ms=600))
         events, probs = [], []
-        for frame in frames(line):
+        for frame in frames(line, ms=32):
             events += detector.feed(frame)
             probs.append(detector.last_probs)
-        return events, np.concatenate(probs), detector.stream.windows_gated
+        return events, np.concatenate(probs), detector
 
-    gated_events, gated_probs, gated = run()
-    _ungated(monkeypatch)
-    events, probs, none = run()
-    assert none == 0
-    assert gated >= (1000 + 1200 + 1500 - 3 * 400) * 16 // 512  # most of the silence, all of the lead-in
-    assert gated_events == events and len([e for e in events if e.kind == "speech_end"]) == 2
-    # Every window the model calls speech, it still calls speech; the second phrase starts from the
-    # state the silence froze rather than one run through it, so its first scores differ a little.
-    np.testing.assert_array_equal(gated_probs >= 0.5, probs >= 0.5)
-    assert (probs[gated_probs == 0.0] < 0.1).all()  # nothing the model heard as voice was skipped
+    deferred_events, deferred_probs, deferred = run()
+    monkeypatch.setattr(silero, "GATE_PEAK", 0.0)
+    events, probs, plain = run()
+    assert plain.stream.windows_deferred == 0
+    assert deferred.stream.windows_deferred >= (3000 + 4000 - 2 * 600) * 16 // 512
+    assert deferred.stream.deferred_voiced == 0
+    assert deferred_events == events and len([e for e in events if e.kind == "speech_end"]) == 3
+    ran = deferred_probs > 0
+    np.testing.assert_allclose(deferred_probs[ran], probs[ran], atol=1e-5)
+    assert (probs[~ran] < 0.1).all()  # what waited for the model was silence to the model too
 
 
 def test_a_faint_talker_is_still_heard_and_noise_is_still_scored(monkeypatch):
@@ -230,8 +226,9 @@ def test_a_faint_talker_is_still_heard_and_noise_is_still_scored(monkeypatch):
     events = [e for frame in frames(faint) for e in detector.feed(frame)]
     assert [e.kind for e in events][:1] == ["speech_start"]
     room = get_vad_model().create_stream()
+    room.defer_ok = True
     room.feed(noise(1000, level_dbfs=-55))
-    assert room.windows_gated == 0  # a room's hiss is above the gate: the model hears it
+    assert room.windows_deferred == 0  # a room's hiss is above the gate: the model hears it
 
 
 def test_the_loop_may_score_a_hop_only_between_turns_on_a_quiet_line():
@@ -244,7 +241,17 @@ def test_the_loop_may_score_a_hop_only_between_turns_on_a_quiet_line():
     assert detector.in_speech and not detector.idle_for(hop)  # a pause inside a turn runs the model
     for frame in frames(silence(2000)):
         detector.feed(frame)
-    assert not detector.in_speech and detector.idle_for(hop)
+    assert not detector.in_speech
+    # An idle line runs the model once per MAX_DEFERRED windows (then on the VAD thread), not never.
+    from media_pipeline.engines.vad.silero import MAX_DEFERRED
+
+    idle = 0
+    while detector.idle_for(silence(32)):
+        detector.feed(silence(32))
+        idle += 1
+    assert 0 < idle <= MAX_DEFERRED
+    detector.feed(silence(32))  # the hop that runs the model over every deferred window
+    assert detector.idle_for(hop)
 
 
 def test_it_rejects_nan_in_the_vad_stream():

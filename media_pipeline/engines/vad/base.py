@@ -298,15 +298,24 @@ class SpeechDetector:
         return self.endpointer.in_speech
 
     def feed(self, samples: np.ndarray) -> list[VADEvent]:
+        self._allow_deferring()
         self.last_probs = self.stream.feed(samples)
         return self.endpointer.process(self.last_probs)
 
     def idle_for(self, samples: np.ndarray) -> bool:
         """Feeding ``samples`` would run no model and decide nothing: no segment is open and the
-        stream gates them as quiet (``SileroVADStream.gates``; a VAD without a gate never is).
+        stream defers them as quiet (``SileroVADStream.defers``; a VAD that cannot never is).
         Then :meth:`feed` is a few microseconds and may run on an event loop."""
-        gates = getattr(self.stream, "gates", None)
-        return not self.endpointer.in_speech and gates is not None and bool(gates(samples))
+        defers = getattr(self.stream, "defers", None)
+        return defers is not None and self._allow_deferring() and bool(defers(samples))
+
+    def _allow_deferring(self) -> bool:
+        """A stream may score quiet windows 0 ahead of its model only between segments: inside one,
+        every window's score counts (a pause's length, the turn questions)."""
+        allowed = not self.endpointer.in_speech
+        if hasattr(self.stream, "defer_ok"):
+            self.stream.defer_ok = allowed
+        return allowed
 
     def _ask(self, pause: int, now: int) -> VADEvent | None:
         self._verdict = self.turn_end(self._speech_start, pause, now)

@@ -21,13 +21,19 @@ from roleplay.audio_format import SAMPLE_RATE
 WINDOW = 512
 CONTEXT = 64
 _STATE_SHAPE = (1, 1, 128)
-# A window whose loudest sample is below this is not run through the model while the stream is
-# already quiet (its last score under QUIET_PROB): it scores 0. Silero finds speech down to about
-# -55 dBFS peak (eSpeak at -55: 0.97; at -60: 0.02 at most), so -62 dBFS loses nothing; a line
-# that quiet is digital silence, a muted microphone or a noise suppressor's floor. Gated windows
-# leave the LSTM state as the last quiet window left it, which is where silence holds it anyway.
+# Deferred scoring of a quiet line between turns. Silero's LSTM remembers a long silence for seconds
+# (its state after 4 s of digital silence still differs from the state after 2 s by enough to move
+# the next onset across the threshold), so quiet windows cannot simply be skipped. Instead, while no
+# segment is open and the stream is already quiet (last score under QUIET_PROB), windows whose
+# loudest sample is under GATE_PEAK are scored 0 at once and kept; the next model run scores them
+# first, in the same batch (the batch axis is time), so the state and every later score are exactly
+# what they would have been. Silero finds speech down to about -55 dBFS peak (eSpeak at -55: 0.97;
+# at -60: 0.02 at most), so calling such a window "no speech" before the model has seen it decides
+# nothing differently. At most MAX_DEFERRED windows wait: an idle line costs one model run a second
+# instead of thirty-one.
 GATE_PEAK = 10 ** (-62 / 20)
 QUIET_PROB = 0.1
+MAX_DEFERRED = 31
 
 
 def default_model_path() -> Path:
@@ -89,13 +95,21 @@ class SileroVADStream:
         self._context = np.zeros(CONTEXT, dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
         self._quiet = True  # a fresh state is the state of silence
+        self._deferred: list[np.ndarray] = []  # whole windows scored 0 and not yet run (GATE_PEAK)
+        self._deferred_n = 0
+        self._deferred_context = self._context
+        self.defer_ok = False  # set by the caller that knows no segment is open (SpeechDetector)
         self.samples_scored = 0
-        self.windows_gated = 0  # windows scored 0 without the model (GATE_PEAK)
+        self.windows_deferred = 0  # windows ever scored 0 ahead of the model
+        self.deferred_voiced = 0  # of those, windows the model later scored as voice (should stay 0)
 
-    def gates(self, samples: np.ndarray) -> bool:
-        """Feeding ``samples`` now would run no model: the stream is quiet and they (with the partial
-        window waiting) stay under ``GATE_PEAK``. Cheap enough for an event loop."""
-        if not self._quiet:
+    def defers(self, samples: np.ndarray) -> bool:
+        """Feeding ``samples`` now would run no model (deferred scoring, see GATE_PEAK). Cheap enough
+        for an event loop; ``defer_ok`` must already say whether deferring is allowed."""
+        if not (self.defer_ok and self._quiet):
+            return False
+        n = (self._pending.size + np.asarray(samples).size) // WINDOW
+        if self._deferred_n + n > MAX_DEFERRED:
             return False
         peak = float(np.max(np.abs(samples), initial=0.0))
         if self._pending.size:
@@ -106,7 +120,8 @@ class SileroVADStream:
         """Append 16 kHz mono audio (float32 or int16) of any length; score completed windows.
 
         Returns one probability per completed 512-sample window (possibly none). Window ``k`` of
-        the stream covers samples ``[k * 512, (k + 1) * 512)``.
+        the stream covers samples ``[k * 512, (k + 1) * 512)``. With ``defer_ok``, quiet windows
+        may come back as 0 before the model has run on them (see GATE_PEAK).
         """
         x = as_float32(samples).reshape(-1)
         if x.size and not np.isfinite(x).all():
@@ -117,23 +132,33 @@ class SileroVADStream:
         self._pending = buf[n * WINDOW:].copy()
         if n == 0:
             return np.zeros(0, dtype=np.float32)
-        windows = buf[: n * WINDOW].reshape(n, WINDOW)
-        gated = 0
-        if self._quiet:
-            loud = np.flatnonzero(np.abs(windows).max(axis=1) >= GATE_PEAK)
-            gated = n if loud.size == 0 else int(loud[0])
-        probs = np.zeros(n, dtype=np.float32)
-        if gated < n:
-            scored = windows[gated:]
-            contexts = np.empty((n - gated, CONTEXT), dtype=np.float32)
-            contexts[0] = windows[gated - 1, -CONTEXT:] if gated else self._context
-            contexts[1:] = scored[:-1, -CONTEXT:]
-            batch = np.ascontiguousarray(np.concatenate([contexts, scored], axis=1), dtype=np.float32)
-            probs[gated:], self._h, self._c = self.model.score(batch, self._h, self._c)
+        whole = buf[: n * WINDOW]
+        self.samples_scored += n * WINDOW
+        if (self.defer_ok and self._quiet and self._deferred_n + n <= MAX_DEFERRED
+                and float(np.max(np.abs(whole))) < GATE_PEAK):
+            if not self._deferred:
+                self._deferred_context = self._context
+            self._deferred.append(whole.copy())
+            self._deferred_n += n
+            self.windows_deferred += n
+            self._context = whole[-CONTEXT:].copy()
+            return np.zeros(n, dtype=np.float32)
+        first_context = self._context
+        if self._deferred:
+            first_context = self._deferred_context
+            whole = np.concatenate([*self._deferred, whole])
+        windows = whole.reshape(-1, WINDOW)
+        contexts = np.empty((len(windows), CONTEXT), dtype=np.float32)
+        contexts[0] = first_context
+        contexts[1:] = windows[:-1, -CONTEXT:]
+        batch = np.ascontiguousarray(np.concatenate([contexts, windows], axis=1), dtype=np.float32)
+        probs, self._h, self._c = self.model.score(batch, self._h, self._c)
+        if self._deferred:
+            self.deferred_voiced += int((probs[: self._deferred_n] >= 0.5).sum())
+            probs = probs[self._deferred_n:]
+            self._deferred, self._deferred_n = [], 0
         self._quiet = bool(probs[-1] < QUIET_PROB)
         self._context = windows[-1, -CONTEXT:].copy()
-        self.samples_scored += n * WINDOW
-        self.windows_gated += gated
         return probs
 
 
