@@ -10,8 +10,9 @@ loop's.
 
 :func:`install` puts a :class:`InlineDecoder` in place of that queue on one receiver, before the
 receiver starts: aiortc's ``_handle_rtp_packet`` then calls :meth:`InlineDecoder.put` with each
-frame on the loop, which decodes it at once (Opus as mono, ~half the cost of stereo) and calls
-``on_pcm`` with 16 kHz float32 samples. The decoder thread aiortc still starts parks in
+frame on the loop, which decodes it at once (Opus straight to 16 kHz mono float32 with libopus,
+PCMA and the rest with aiortc's decoder and one resampling) and calls ``on_pcm`` with 16 kHz
+float32 samples. The decoder thread aiortc still starts parks in
 :meth:`InlineDecoder.get` until the receiver stops. Only the documented shape of aiortc's
 receiver is relied on (its queue attribute, and ``put``/``get`` with ``(codec, frame)`` or
 ``None``); :func:`install` checks it and returns ``False`` when it differs, and the caller then
@@ -20,7 +21,12 @@ reads the track as before.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import glob
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +40,58 @@ log = logging.getLogger(__name__)
 
 _QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"  # aiortc 1.x: where the receiver queues frames
 _THREAD_ATTRIBUTE = "_RTCRtpReceiver__decoder_thread"  # None until the receiver starts
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)  # what libopus decodes to
+
+
+@functools.cache
+def _libopus() -> ctypes.CDLL | None:
+    """libopus itself: the system's, else the copy PyAV's wheel bundles (aiortc needs PyAV, and
+    PyAV's Opus decoder is that library); None if neither loads."""
+    candidates = [ctypes.util.find_library("opus")]
+    candidates += sorted(glob.glob(os.path.join(os.path.dirname(av.__file__), os.pardir, "av.libs", "libopus*.so*")))
+    for path in filter(None, candidates):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.opus_decoder_create.restype = ctypes.c_void_p
+        lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+        lib.opus_decode_float.restype = ctypes.c_int
+        lib.opus_decode_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
+                                          ctypes.POINTER(ctypes.c_float), ctypes.c_int, ctypes.c_int]
+        lib.opus_decoder_destroy.restype = None
+        lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
+        return lib
+    return None
+
+
+class _Opus16k:
+    """libopus decoding straight to mono float32 at the ASR's rate: no 48 kHz stereo frame, no
+    resampler, no PyAV frame objects (on the loop, per frame, those were most of the cost)."""
+
+    def __init__(self, lib: ctypes.CDLL, rate: int) -> None:
+        error = ctypes.c_int(0)
+        self._lib = lib
+        self._state = lib.opus_decoder_create(rate, 1, ctypes.byref(error))
+        if error.value != 0 or not self._state:
+            raise ValueError(f"opus_decoder_create failed ({error.value})")
+        self._out = np.empty(rate * 120 // 1000, dtype=np.float32)  # Opus's longest packet: 120 ms
+        self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+    def decode(self, data: bytes) -> np.ndarray:
+        n = self._lib.opus_decode_float(self._state, data, len(data), self._out_ptr, self._out.size, 0)
+        if n < 0:
+            raise ValueError(f"opus_decode_float failed ({n})")
+        return self._out[:n].copy()
+
+    def __del__(self) -> None:
+        state, self._state = getattr(self, "_state", None), None
+        if state:
+            self._lib.opus_decoder_destroy(state)
 
 
 class _MonoOpus:
-    """libopus through PyAV, decoding to mono: the trainee's voice needs one channel."""
+    """libopus through PyAV, decoding to mono 48 kHz (then resampled): when libopus cannot be loaded."""
 
     def __init__(self) -> None:
         self._codec = av.CodecContext.create("libopus", "r")
@@ -101,6 +155,10 @@ class InlineDecoder:
             self.failures += 1
             log.debug("dropped an undecodable %s frame: %s", getattr(codec, "name", "?"), exc)
             return
+        if isinstance(frames, np.ndarray):
+            self.frames += 1
+            self._call(self.on_pcm, frames)
+            return
         for frame in frames:
             self.frames += 1
             self._call(self.on_pcm, self._convert.convert(frame))
@@ -111,14 +169,22 @@ class InlineDecoder:
         return None
 
     # --- internals -----------------------------------------------------------------------------
-    def _decode(self, codec: Any, encoded: Any) -> list[av.AudioFrame]:
+    def _decode(self, codec: Any, encoded: Any) -> np.ndarray | list[av.AudioFrame]:
         name = str(getattr(codec, "name", "")).lower()
         if name != self._codec_name:
-            self._decoder = _MonoOpus() if name == "opus" else _AiortcDecoder(codec)
+            self._decoder = self._new_decoder(name, codec)
             self._codec_name = name
         if name == "opus":
             return self._decoder.decode(encoded.data)
         return self._decoder.decode(encoded)
+
+    def _new_decoder(self, name: str, codec: Any) -> Any:
+        if name != "opus":
+            return _AiortcDecoder(codec)
+        lib = _libopus()
+        if lib is None or self.rate not in _OPUS_RATES:
+            return _MonoOpus()
+        return _Opus16k(lib, self.rate)
 
     @staticmethod
     def _call(callback: Callable[..., None], *args: Any) -> None:

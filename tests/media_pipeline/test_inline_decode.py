@@ -19,6 +19,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import AudioFrame
 
 from media_pipeline.audio import FrameConverter, rms
+from media_pipeline.webrtc import inline_decode
 from media_pipeline.webrtc.inline_decode import InlineDecoder, install
 from tests.audio_fixtures import silence, speak
 from tests.media_pipeline.voice_client import SpeechTrack
@@ -55,13 +56,18 @@ def inline(codec: RTCRtpCodecParameters, frames: list[JitterFrame]) -> tuple[np.
     return np.concatenate(heard), decoder
 
 
-@pytest.mark.parametrize("codec", [OPUS, PCMA], ids=["opus", "pcma"])
-def test_it_hears_what_aiortcs_own_decoder_hears(codec):
+@pytest.mark.parametrize(("codec", "libopus"), [(OPUS, True), (OPUS, False), (PCMA, True)],
+                         ids=["opus-libopus-16k", "opus-pyav-fallback", "pcma"])
+def test_it_hears_what_aiortcs_own_decoder_hears(codec, libopus, monkeypatch):
+    if not libopus:
+        monkeypatch.setattr(inline_decode, "_libopus", lambda: None)
     x = np.concatenate([speak("Our finance team closes the books in three days.", rate=codec.clockRate),
                         silence(200, codec.clockRate)])
     frames = encoded(codec, x)
     ours, decoder = inline(codec, frames)
     theirs = aiortcs_own(codec, frames)
+    if codec is OPUS:  # straight to 16 kHz mono with libopus (PyAV's wheel carries it), else through PyAV
+        assert type(decoder._decoder).__name__ == ("_Opus16k" if libopus else "_MonoOpus")
     assert decoder.frames == len(frames) and decoder.failures == 0
     assert abs(len(ours) - len(theirs)) <= 32  # the same timeline, 20 ms a frame at 16 kHz
     n = min(len(ours), len(theirs))
