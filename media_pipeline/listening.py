@@ -390,8 +390,8 @@ class Listening:
 
 
 def heard(transcript: Transcript, *, language: str, start_ms: int, end_ms: int) -> Heard:
-    """The transport-neutral final of one decoded utterance."""
-    return Heard(text=transcript.text.strip(), confidence=float(transcript.confidence),
+    """The transport-neutral final of one decoded utterance (no words, only marks: heard nothing)."""
+    return Heard(text="" if transcript.is_empty else transcript.text.strip(), confidence=float(transcript.confidence),
                  language=transcript.language or language, start_ms=max(0, start_ms), end_ms=max(0, end_ms),
                  ending=transcript.ending)
 

@@ -10,7 +10,7 @@ loop's.
 
 :func:`install` puts a :class:`InlineDecoder` in place of that queue on one receiver, before the
 receiver starts: aiortc's ``_handle_rtp_packet`` then calls :meth:`InlineDecoder.put` with each
-frame on the loop, which decodes it at once (Opus straight to 16 kHz mono float32 with libopus,
+frame on the loop, which decodes it at once (Opus straight to 16 kHz mono with libopus,
 PCMA and the rest with aiortc's decoder and one resampling) and calls ``on_pcm`` with 16 kHz
 float32 samples. The decoder thread aiortc still starts parks in
 :meth:`InlineDecoder.get` until the receiver stops. Only the documented shape of aiortc's
@@ -34,7 +34,7 @@ from typing import Any
 import av
 import numpy as np
 
-from media_pipeline.audio import FrameConverter
+from media_pipeline.audio import FrameConverter, pcm16_to_float32
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ def _libopus() -> ctypes.CDLL | None:
             continue
         lib.opus_decoder_create.restype = ctypes.c_void_p
         lib.opus_decoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-        lib.opus_decode_float.restype = ctypes.c_int
-        lib.opus_decode_float.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
-                                          ctypes.POINTER(ctypes.c_float), ctypes.c_int, ctypes.c_int]
+        lib.opus_decode.restype = ctypes.c_int
+        lib.opus_decode.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int32,
+                                    ctypes.POINTER(ctypes.c_int16), ctypes.c_int, ctypes.c_int]
         lib.opus_decoder_destroy.restype = None
         lib.opus_decoder_destroy.argtypes = [ctypes.c_void_p]
         return lib
@@ -66,8 +66,13 @@ def _libopus() -> ctypes.CDLL | None:
 
 
 class _Opus16k:
-    """libopus decoding straight to mono float32 at the ASR's rate: no 48 kHz stereo frame, no
-    resampler, no PyAV frame objects (on the loop, per frame, those were most of the cost)."""
+    """libopus decoding straight to mono at the ASR's rate: no 48 kHz stereo frame, no resampler,
+    no PyAV frame objects (on the loop, per frame, those were most of the cost).
+
+    It decodes to int16, as PyAV's decoder does, not to float: libopus's float output is not
+    clipped, and a garbage packet then decodes to samples far beyond full scale, which the VAD
+    hears as speech going on for seconds (the next real turn was transcribed as ".").
+    """
 
     def __init__(self, lib: ctypes.CDLL, rate: int) -> None:
         error = ctypes.c_int(0)
@@ -75,14 +80,14 @@ class _Opus16k:
         self._state = lib.opus_decoder_create(rate, 1, ctypes.byref(error))
         if error.value != 0 or not self._state:
             raise ValueError(f"opus_decoder_create failed ({error.value})")
-        self._out = np.empty(rate * 120 // 1000, dtype=np.float32)  # Opus's longest packet: 120 ms
-        self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        self._out = np.empty(rate * 120 // 1000, dtype=np.int16)  # Opus's longest packet: 120 ms
+        self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int16))
 
     def decode(self, data: bytes) -> np.ndarray:
-        n = self._lib.opus_decode_float(self._state, data, len(data), self._out_ptr, self._out.size, 0)
+        n = self._lib.opus_decode(self._state, data, len(data), self._out_ptr, self._out.size, 0)
         if n < 0:
-            raise ValueError(f"opus_decode_float failed ({n})")
-        return self._out[:n].copy()
+            raise ValueError(f"opus_decode failed ({n})")
+        return pcm16_to_float32(self._out[:n])
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None

@@ -152,3 +152,12 @@ async def test_a_failed_final_is_ERR_ASR_FAILED_with_the_reason_and_no_secret():
 def test_a_busy_asr_executor_asks_the_trainee_to_repeat_later(ears):
     failure = ears.failure(EngineBusy("asr", 6), language="en")
     assert failure.code == ErrorCode.RATE_LIMIT and failure.details == {"retry_after": 2000}
+
+
+@pytest.mark.parametrize(("text", "said"), [(" .", ""), ("...", ""), ("♪", ""), ("Okay.", "Okay."), ("好。", "好。"),
+                                            ("15%.", "15%.")])
+def test_a_final_of_marks_only_is_no_words(text, said):
+    """Whisper writes "." for a burst of noise: that final is empty (no turn, no reply), not a turn."""
+    transcript = Transcript(text=text, confidence=0.5, language="en", duration_s=1.0)
+    assert transcript.is_empty is (said == "")
+    assert heard(transcript, language="en", start_ms=0, end_ms=1000).text == said

@@ -58,7 +58,9 @@ class Transcript:
 
     @property
     def is_empty(self) -> bool:
-        return not self.text.strip()
+        """No words: nothing, or only marks. Whisper writes "." or "..." for a burst of noise (a
+        corrupted packet run, a knock); that is no trainee turn and must not get a reply."""
+        return not any(ch.isalnum() for ch in self.text)
 
 
 def whisper_language(language: str) -> str:
