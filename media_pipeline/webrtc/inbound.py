@@ -148,6 +148,7 @@ class InboundAudio:
         self._tasks: set[asyncio.Task] = set()
         self._consumers: list[asyncio.Task] = []
         self._inline: list[InlineDecoder] = []
+        self._stall_watch: asyncio.Task | None = None
         self._primary_taken = False
         self._last_frame_at = time.monotonic()
         self._audio_error_sent = False
@@ -195,7 +196,8 @@ class InboundAudio:
             if install(receiver, decoder):
                 self._inline.append(decoder)
                 if primary:
-                    self._consumers.append(loop.create_task(self._watch_stall(), name="inbound-stall"))
+                    self._stall_watch = loop.create_task(self._watch_stall(), name="inbound-stall")
+                    self._consumers.append(self._stall_watch)
                 return
             log.warning("aiortc's receiver is not the shape inline_decode knows: reading the track instead")
         self._consumers.append(loop.create_task(self._consume(track, primary)))
@@ -208,6 +210,7 @@ class InboundAudio:
             decoder.detach()
         self._consumers = []
         self._inline = []
+        self._stall_watch = None
         self._primary_taken = False
 
     async def close(self) -> None:
@@ -231,6 +234,9 @@ class InboundAudio:
         self._append(x, now)
 
     def _on_track_end(self) -> None:
+        if self._stall_watch is not None:
+            self._stall_watch.cancel()  # as ``_consume`` stops reading an ended track
+            self._stall_watch = None
         if not self._closed:
             self._on_stall()  # the track ended: close a turn left open
 
