@@ -53,10 +53,6 @@ NO_AUDIO_ERROR_SECONDS = 5.0
 _interim_budget: RateBudget | None = None
 
 
-def _ignore() -> None:
-    return None
-
-
 def interim_budget() -> RateBudget:
     """The process's interim budget (INTERIM_BUDGET_PER_SECOND), shared by every call on this loop."""
     global _interim_budget
@@ -192,7 +188,7 @@ class InboundAudio:
         loop = asyncio.get_running_loop()
         if receiver is not None and getattr(track, "kind", "") == "audio":
             decoder = InlineDecoder(RATE, self._on_pcm if primary else None,
-                                    self._on_track_end if primary else _ignore)
+                                    self._on_track_end if primary else None)
             if install(receiver, decoder):
                 self._inline.append(decoder)
                 if primary:

@@ -69,9 +69,8 @@ class _Opus16k:
     """libopus decoding straight to mono at the ASR's rate: no 48 kHz stereo frame, no resampler,
     no PyAV frame objects (on the loop, per frame, those were most of the cost).
 
-    It decodes to int16, as PyAV's decoder does, not to float: libopus's float output is not
-    clipped, and a garbage packet then decodes to samples far beyond full scale, which the VAD
-    hears as speech going on for seconds (the next real turn was transcribed as ".").
+    It decodes to int16, as PyAV's decoder gives it, so whatever a packet holds the samples stay
+    within full scale (libopus's float output is not clipped).
     """
 
     def __init__(self, lib: ctypes.CDLL, rate: int) -> None:
@@ -83,11 +82,11 @@ class _Opus16k:
         self._out = np.empty(rate * 120 // 1000, dtype=np.int16)  # Opus's longest packet: 120 ms
         self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_int16))
 
-    def decode(self, data: bytes) -> np.ndarray:
-        n = self._lib.opus_decode(self._state, data, len(data), self._out_ptr, self._out.size, 0)
+    def decode(self, encoded: Any) -> list[np.ndarray]:
+        n = self._lib.opus_decode(self._state, encoded.data, len(encoded.data), self._out_ptr, self._out.size, 0)
         if n < 0:
             raise ValueError(f"opus_decode failed ({n})")
-        return pcm16_to_float32(self._out[:n])
+        return [pcm16_to_float32(self._out[:n])]
 
     def __del__(self) -> None:
         state, self._state = getattr(self, "_state", None), None
@@ -98,58 +97,61 @@ class _Opus16k:
 class _MonoOpus:
     """libopus through PyAV, decoding to mono 48 kHz (then resampled): when libopus cannot be loaded."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int) -> None:
         self._codec = av.CodecContext.create("libopus", "r")
         self._codec.format = "s16"
         self._codec.layout = "mono"
         self._codec.sample_rate = 48000
+        self._convert = FrameConverter(rate)
 
-    def decode(self, data: bytes) -> list[av.AudioFrame]:
-        return list(self._codec.decode(av.Packet(data)))
+    def decode(self, encoded: Any) -> list[np.ndarray]:
+        return [self._convert.convert(frame) for frame in self._codec.decode(av.Packet(encoded.data))]
 
 
 class _AiortcDecoder:
     """Any other codec aiortc knows (PCMA, PCMU, G.722), with aiortc's own decoder."""
 
-    def __init__(self, codec: Any) -> None:
+    def __init__(self, codec: Any, rate: int) -> None:
         from aiortc.codecs import get_decoder
 
         self._decoder = get_decoder(codec)
+        self._convert = FrameConverter(rate)
 
-    def decode(self, encoded: Any) -> list[av.AudioFrame]:
-        return list(self._decoder.decode(encoded))
+    def decode(self, encoded: Any) -> list[np.ndarray]:
+        return [self._convert.convert(frame) for frame in self._decoder.decode(encoded)]
 
 
 class InlineDecoder:
     """Stands in for one receiver's decoder queue (see the module docstring).
 
     ``on_pcm(samples)`` gets each decoded frame as float32 mono at ``rate``; ``None`` drops frames
-    undecoded (a second audio track: read, never heard). ``on_end()`` is called once when the
-    receiver stops. Both run on the event loop, inside aiortc's packet handler, so they must be
+    undecoded (a second audio track: read, never heard). ``on_end()``, if given, is called once
+    when the receiver stops. Both run on the event loop, inside aiortc's packet handler, so they must be
     quick and must not raise; an exception is logged and the frame dropped, the call goes on.
     """
 
-    def __init__(self, rate: int, on_pcm: Callable[[np.ndarray], None] | None, on_end: Callable[[], None]) -> None:
+    def __init__(self, rate: int, on_pcm: Callable[[np.ndarray], None] | None,
+                 on_end: Callable[[], None] | None) -> None:
         self.rate = rate
         self.on_pcm = on_pcm
         self.on_end = on_end
         self._stopped = threading.Event()
         self._decoder: Any = None
         self._codec_name: str | None = None
-        self._convert = FrameConverter(rate)
         self.frames = 0
         self.failures = 0
 
     def detach(self) -> None:
         """Hear nothing more from this receiver (its peer was replaced)."""
         self.on_pcm = None
-        self.on_end = _nothing
+        self.on_end = None
 
     # --- the queue.Queue calls aiortc makes -----------------------------------------------------
     def put(self, item: tuple[Any, Any] | None) -> None:
         if item is None:
             self._stopped.set()
-            self._call(self.on_end)
+            if self.on_end is not None:
+                self._call(self.on_end)
             return
         if self.on_pcm is None:
             return
@@ -160,13 +162,9 @@ class InlineDecoder:
             self.failures += 1
             log.debug("dropped an undecodable %s frame: %s", getattr(codec, "name", "?"), exc)
             return
-        if isinstance(frames, np.ndarray):
+        for samples in frames:
             self.frames += 1
-            self._call(self.on_pcm, frames)
-            return
-        for frame in frames:
-            self.frames += 1
-            self._call(self.on_pcm, self._convert.convert(frame))
+            self._call(self.on_pcm, samples)
 
     def get(self) -> None:
         """aiortc's decoder thread waits here, idle, until the receiver stops."""
@@ -174,21 +172,19 @@ class InlineDecoder:
         return None
 
     # --- internals -----------------------------------------------------------------------------
-    def _decode(self, codec: Any, encoded: Any) -> np.ndarray | list[av.AudioFrame]:
+    def _decode(self, codec: Any, encoded: Any) -> list[np.ndarray]:
         name = str(getattr(codec, "name", "")).lower()
         if name != self._codec_name:
             self._decoder = self._new_decoder(name, codec)
             self._codec_name = name
-        if name == "opus":
-            return self._decoder.decode(encoded.data)
         return self._decoder.decode(encoded)
 
     def _new_decoder(self, name: str, codec: Any) -> Any:
         if name != "opus":
-            return _AiortcDecoder(codec)
+            return _AiortcDecoder(codec, self.rate)
         lib = _libopus()
         if lib is None or self.rate not in _OPUS_RATES:
-            return _MonoOpus()
+            return _MonoOpus(self.rate)
         return _Opus16k(lib, self.rate)
 
     @staticmethod
@@ -197,10 +193,6 @@ class InlineDecoder:
             callback(*args)
         except Exception:  # noqa: BLE001 - inside aiortc's packet handler: never break the transport
             log.exception("the inbound audio callback failed; the frame is dropped")
-
-
-def _nothing() -> None:
-    return None
 
 
 def install(receiver: Any, decoder: InlineDecoder) -> bool:
