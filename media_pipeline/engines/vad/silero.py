@@ -106,15 +106,15 @@ class SileroVADStream:
     def defers(self, samples: np.ndarray) -> bool:
         """Feeding ``samples`` now would run no model (deferred scoring, see GATE_PEAK). Cheap enough
         for an event loop; ``defer_ok`` must already say whether deferring is allowed."""
-        if not (self.defer_ok and self._quiet):
+        samples = np.asarray(samples)
+        return self._may_defer((self._pending.size + samples.size) // WINDOW, self._pending, samples)
+
+    def _may_defer(self, windows: int, *audio: np.ndarray) -> bool:
+        """``windows`` more windows, made of ``audio``, may be scored 0 ahead of the model (the level
+        is measured last: the flags and the count usually decide first, for free)."""
+        if not (self.defer_ok and self._quiet and self._deferred_n + windows <= MAX_DEFERRED):
             return False
-        n = (self._pending.size + np.asarray(samples).size) // WINDOW
-        if self._deferred_n + n > MAX_DEFERRED:
-            return False
-        peak = float(np.max(np.abs(samples), initial=0.0))
-        if self._pending.size:
-            peak = max(peak, float(np.max(np.abs(self._pending))))
-        return peak < GATE_PEAK
+        return all(float(np.max(np.abs(part), initial=0.0)) < GATE_PEAK for part in audio)
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
         """Append 16 kHz mono audio (float32 or int16) of any length; score completed windows.
@@ -134,8 +134,7 @@ class SileroVADStream:
             return np.zeros(0, dtype=np.float32)
         whole = buf[: n * WINDOW]
         self.samples_scored += n * WINDOW
-        if (self.defer_ok and self._quiet and self._deferred_n + n <= MAX_DEFERRED
-                and float(np.max(np.abs(whole))) < GATE_PEAK):
+        if self._may_defer(n, whole):
             if not self._deferred:
                 self._deferred_context = self._context
             self._deferred.append(whole.copy())
