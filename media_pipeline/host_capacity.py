@@ -1,10 +1,10 @@
 """How many WebRTC calls one media worker takes on this host: ``MAX_CALLS_PER_WORKER=auto``.
 
 Why not a fixed number: a limit is right for one machine only. ``bench/capacity.py`` on two 2-core
-machines of the same kind: on the faster (four tiny.en decodes of short turns ~530 ms of CPU) 10
-calls kept turn p95 at 0.75–1.0 s; on the slower (~790 ms, 15.7 % of a core per call at 4 calls
-against 10.4 %) 5 calls had p95 0.87 s, 6 had 1.54 s, and 10 let in under the fixed limit had p50
-of 6–9 s: the "all lines busy" that protects the calls in progress came far too late. A call's cost
+machines of the same kind (an older tree): on the faster (four tiny.en decodes of short turns ~530 ms
+of CPU) 10 calls kept turn p95 at 0.75–1.0 s; on the slower (~790 ms, 15.7 % of a core per call at
+4 calls against 10.4 %) 5 calls had p95 0.87 s, 6 had 1.54 s, and 10 let in under the fixed limit
+had p50 of 6–9 s: the "all lines busy" that protects the calls in progress came far too late. A call's cost
 follows the cost of its decodes, so the limit is a budget of decode time over one reference decode
 timed at the worker's warm-up (``engine_pool.warm_up``), scaled by the cores this process may use,
 and never more than one worker's event loop carries (``MAX_PER_WORKER``).
@@ -26,13 +26,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Milliseconds of reference decode per call a 2-core host carries: 75-80 ms here -> 5 calls; the
-# faster machine's ~55 ms -> 8 (it kept 10 at p95 <= 1.0 s: a margin for its callers' own CPU).
-BUDGET_MS_PER_TWO_CORES = 450.0
-# Whatever the cores, one worker's event loop (one thread) carries about this many: on the faster
-# machine 10 calls kept p95 <= 1.0 s, and 16 on one worker answered at 9.0 s p95 where two workers
-# managed 3.7 s (docs/deployment.md). More cores take more workers, not more calls per worker.
-MAX_PER_WORKER = 10
+# Milliseconds of reference decode per call a 2-core host carries. Calibrated on the tree of the
+# twelfth session (a call costs ~20 % less than when this was 450: inbound audio decoded on the loop,
+# an idle line's Silero runs batched): a host whose reference takes 52 ms carried 12 calls at turn
+# p95 0.87-1.0 s, 14 at 1.47 s and 16 at 1.62 s, callers included (bench/capacity.py, no limit). So
+# 650 ms gives it 12, a ~15 % margin under the edge, and a host at 78 ms 8 (docs/performance.md).
+BUDGET_MS_PER_TWO_CORES = 650.0
+# Whatever the cores, one worker's event loop (one thread) carries about this many: 12 calls on one
+# worker kept p95 <= 1.0 s and 16 reached 1.6 s on the 52 ms host above. More cores take more
+# workers, not more calls per worker.
+MAX_PER_WORKER = 12
 FALLBACK = 10  # before the warm-up has measured (the fixed default this replaces)
 REFERENCE_SECONDS = 2.0
 REFERENCE_RUNS = 3
