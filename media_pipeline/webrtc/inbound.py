@@ -371,11 +371,6 @@ class InboundAudio:
             key = (event.start_sample, event.sample)
             task = self._spawn(self._decode(event.start_sample, event.sample))
             self._final = (key, task)
-            # That decode is also this turn's next partial (``_early_interim``), so the interim
-            # clock restarts at the pause: speech that resumes does not start another decode of
-            # nearly the same audio at once.
-            self._interims_started += 1
-            self._last_interim_at = event.sample
             task.add_done_callback(lambda done, key=key, rid=self.result_id: self._early_interim(done, key, rid))
         elif event.kind == "speech_resumed":
             self._drop_speculative()  # the pause was a breath: that decode is stale
