@@ -221,7 +221,7 @@ class InboundAudio:
 
     # --- stage 1: decoded frames as 16 kHz float32 --------------------------------------------------
     def _on_pcm(self, x: np.ndarray) -> None:
-        """One inline-decoded frame (``inline_decode``), on the loop."""
+        """One decoded frame of the primary track, on the loop (inline-decoded, or read by ``_consume``)."""
         if self._closed:
             return
         now = time.monotonic()
@@ -230,8 +230,9 @@ class InboundAudio:
         self._append(x, now)
 
     def _on_track_end(self) -> None:
+        """The primary track ended (either way it is heard): stop watching it, close a turn left open."""
         if self._stall_watch is not None:
-            self._stall_watch.cancel()  # as ``_consume`` stops reading an ended track
+            self._stall_watch.cancel()
             self._stall_watch = None
         if not self._closed:
             self._on_stall()  # the track ended: close a turn left open
@@ -258,12 +259,9 @@ class InboundAudio:
                 break
             if not primary:
                 continue  # still read, so aiortc's queue stays empty; one voice per call
-            now = time.monotonic()
-            self._last_frame_at = now
-            self._audio_error_sent = False
-            self._append(to_16k.convert(frame), now)
-        if primary and not self._closed:
-            self._on_stall()  # the track ended: close a turn left open
+            self._on_pcm(to_16k.convert(frame))
+        if primary:
+            self._on_track_end()
 
     def _on_stall(self) -> None:
         if self.detector.in_speech:

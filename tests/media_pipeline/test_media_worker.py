@@ -230,6 +230,26 @@ async def test_it_closes_a_turn_when_the_track_stops_mid_utterance(media_worker,
         await client.close()
 
 
+async def test_a_track_read_without_inline_decoding_is_heard_and_a_stopped_one_closes_its_turn(
+        media_worker, contract_peer, call_session, monkeypatch):
+    """The path taken when aiortc's receiver is not the shape inline_decode knows: the track is read."""
+    from media_pipeline.webrtc import inbound
+
+    monkeypatch.setattr(inbound, "install", lambda receiver, decoder: False)
+    client = VoiceClient("opus")
+    try:
+        await connect(contract_peer, client)
+        await contract_peer.send("media.asr_start", language="en", format="opus", sample_rate=16000, mode="auto")
+        client.track.play(speak(PHRASE, rate=client.track.rate))
+        await client.track.done.wait()
+        client.pc.getTransceivers()[0].sender.replaceTrack(None)  # the microphone goes away mid-utterance
+        result = await contract_peer.expect("asr_result", timeout=10)
+        assert len(words(result["data"]["text"]) & words(PHRASE)) >= 5, result["data"]["text"]
+        assert (await utterances(call_session.pk))[0].speaker == "trainee"
+    finally:
+        await client.close()
+
+
 async def test_it_recovers_from_garbage_payloads(media_worker, contract_peer, call_session):
     client = VoiceClient("opus")
     sender = client.pc.getTransceivers()[0].sender
